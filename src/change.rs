@@ -50,7 +50,10 @@ pub enum SourceEvent {
     Change(RowChange),
     /// A transaction boundary: every change before it belongs to a committed transaction, and
     /// restarting the stream at `position` continues right after it.
-    Commit { position: BinlogPosition, source_ts: u32 },
+    Commit {
+        position: BinlogPosition,
+        source_ts: u32,
+    },
 }
 
 /// One write to Elasticsearch.

@@ -1,7 +1,20 @@
 //! cdc-indexer: keeps Elasticsearch indexes in step with MySQL/MariaDB tables by streaming the
 //! binary log. Data flows one way: `source → transform → sink → checkpoint`.
 
+pub mod bulk;
 pub mod change;
+pub mod checkpoint;
+pub mod config;
+pub mod dead_letter;
+pub mod decode;
+pub mod indexes;
+pub mod pipeline;
 pub mod position;
 pub mod schema;
+pub mod sink;
+pub mod snapshot;
+pub mod source;
+pub mod status;
+pub mod testkit;
+pub mod transform;
 pub mod value;

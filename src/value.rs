@@ -23,17 +23,44 @@ pub enum Value {
     /// DECIMAL as its exact canonical string, e.g. `-12.30` (scale digits kept).
     Decimal(String),
     /// DATE; zero dates are kept as zeros.
-    Date { year: u16, month: u8, day: u8 },
+    Date {
+        year: u16,
+        month: u8,
+        day: u8,
+    },
     /// DATETIME(fsp): wall-clock time in the source time zone. `micros` holds the fraction.
-    DateTime { year: u16, month: u8, day: u8, hour: u8, minute: u8, second: u8, micros: u32, fsp: u8 },
+    DateTime {
+        year: u16,
+        month: u8,
+        day: u8,
+        hour: u8,
+        minute: u8,
+        second: u8,
+        micros: u32,
+        fsp: u8,
+    },
     /// TIME(fsp): a signed duration that may exceed 24 hours (range ±838:59:59).
-    Time { negative: bool, hours: u32, minutes: u8, seconds: u8, micros: u32, fsp: u8 },
+    Time {
+        negative: bool,
+        hours: u32,
+        minutes: u8,
+        seconds: u8,
+        micros: u32,
+        fsp: u8,
+    },
     /// TIMESTAMP(fsp): an instant, seconds and microseconds since the Unix epoch (UTC).
-    Timestamp { seconds: i64, micros: u32, fsp: u8 },
+    Timestamp {
+        seconds: i64,
+        micros: u32,
+        fsp: u8,
+    },
     /// YEAR; 0 means the zero year `0000`.
     Year(u16),
     /// Character data with its collation id (e.g. 45/46/224/255 utf8mb4, 8 latin1, 63 binary).
-    Text { bytes: Vec<u8>, charset: u16 },
+    Text {
+        bytes: Vec<u8>,
+        charset: u16,
+    },
     /// BINARY / VARBINARY / BLOB / GEOMETRY / VECTOR payloads.
     Bytes(Vec<u8>),
     /// ENUM by name (`""` for the invalid index 0).

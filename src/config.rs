@@ -1,0 +1,562 @@
+//! Configuration: one TOML file, every key overridable from the environment.
+//!
+//! Contract: [`Config::load`] either returns a configuration that passed [`Config::validate`] or
+//! an error naming the offending key and the constraint it broke. Unknown keys are rejected
+//! (`deny_unknown_fields`) so a typo can never silently fall back to a default.
+//!
+//! Environment overrides: `CDC_<SECTION>__<KEY>` sets `<section>.<key>` (e.g.
+//! `CDC_SINK__MAX_IN_FLIGHT=8`; array items by index: `CDC_TABLES__0__INDEX=orders`). Values are
+//! read as TOML literals when they parse as one (numbers, booleans, arrays), else as strings.
+//! `CDC_MYSQL_URL` and `CDC_ES_URL` are shorthands for `source.url` and `sink.url`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {source}")]
+    Parse { path: String, source: toml::de::Error },
+    #[error("environment override {var}: {reason}")]
+    Env { var: String, reason: String },
+    #[error("config key `{key}`: {constraint}")]
+    Invalid { key: String, constraint: String },
+}
+
+fn invalid(key: impl Into<String>, constraint: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        constraint: constraint.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: SourceConfig,
+    pub sink: SinkConfig,
+    #[serde(default)]
+    pub state: StateConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Which tables feed which index.
+    pub tables: Vec<TableMapping>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `mysql://user:password@host:port` of the primary (never a lagging replica).
+    pub url: String,
+    /// Replica server id; must be unique among the primary's replicas.
+    #[serde(default = "defaults::server_id")]
+    pub server_id: u32,
+    /// Time zone of DATETIME values at the source, as a fixed offset `+08:00`.
+    #[serde(default = "defaults::time_zone")]
+    pub time_zone: String,
+    /// Heartbeat period the server is asked for, in milliseconds. Three missed periods mean a
+    /// stalled connection, which is dropped and re-opened.
+    #[serde(default = "defaults::heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Load the existing rows before streaming when the indexer starts without a checkpoint.
+    #[serde(default = "defaults::yes")]
+    pub initial_load: bool,
+    /// Rows per primary-key chunk during the initial load.
+    #[serde(default = "defaults::snapshot_chunk_rows")]
+    pub snapshot_chunk_rows: u64,
+    /// Upper bound for the reconnect backoff, in milliseconds.
+    #[serde(default = "defaults::reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+}
+
+impl std::fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field("url", &redact_url(&self.url))
+            .field("server_id", &self.server_id)
+            .field("time_zone", &self.time_zone)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("initial_load", &self.initial_load)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Elasticsearch / OpenSearch base URL.
+    pub url: String,
+    /// Close a bulk request at this many documents.
+    #[serde(default = "defaults::batch_max_docs")]
+    pub batch_max_docs: usize,
+    /// Close a bulk request at this many bytes of NDJSON.
+    #[serde(default = "defaults::batch_max_bytes")]
+    pub batch_max_bytes: usize,
+    /// Send a partial batch after this many milliseconds.
+    #[serde(default = "defaults::linger_ms")]
+    pub linger_ms: u64,
+    /// Bulk requests in flight at once; documents are partitioned by `_id` across them.
+    #[serde(default = "defaults::max_in_flight")]
+    pub max_in_flight: usize,
+    /// Timeout of one bulk request, in milliseconds.
+    #[serde(default = "defaults::request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// First retry delay, in milliseconds.
+    #[serde(default = "defaults::retry_min_ms")]
+    pub retry_min_ms: u64,
+    /// Retry delay cap, in milliseconds. Transient failures are retried without limit.
+    #[serde(default = "defaults::retry_max_ms")]
+    pub retry_max_ms: u64,
+    /// Row changes buffered between stages (bounds memory).
+    #[serde(default = "defaults::queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+impl std::fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkConfig")
+            .field("url", &redact_url(&self.url))
+            .field("batch_max_docs", &self.batch_max_docs)
+            .field("batch_max_bytes", &self.batch_max_bytes)
+            .field("linger_ms", &self.linger_ms)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Directory for the checkpoint and the dead-letter file.
+    #[serde(default = "defaults::state_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: defaults::state_dir(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `cdc_indexer=debug`.
+    #[serde(default = "defaults::log_level")]
+    pub level: String,
+    /// `text` or `json`.
+    #[serde(default = "defaults::log_format")]
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: defaults::log_level(),
+            format: defaults::log_format(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableMapping {
+    /// Regex matched against the whole `database.table` name, so sharded tables
+    /// (`shop\.orders_\d+`) can feed one index.
+    pub source: String,
+    /// Target index alias; the indexer creates `<index>_v1` behind it on first start.
+    pub index: String,
+    /// Index body (settings + mappings) used when the index is created.
+    pub mapping: PathBuf,
+    /// Columns forming `_id` (joined with `:`); default: the table's primary key.
+    #[serde(default)]
+    pub id_columns: Vec<String>,
+    /// Keep only these columns (default: all).
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Drop these columns.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Text columns holding JSON (MariaDB stores JSON as LONGTEXT): indexed as JSON objects.
+    #[serde(default)]
+    pub json_columns: Vec<String>,
+    /// Rename columns: `{ column = "field" }`.
+    #[serde(default)]
+    pub rename: std::collections::BTreeMap<String, String>,
+}
+
+mod defaults {
+    use std::path::PathBuf;
+    pub fn server_id() -> u32 {
+        4242
+    }
+    pub fn time_zone() -> String {
+        "+08:00".into()
+    }
+    pub fn heartbeat_ms() -> u64 {
+        1_000
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn snapshot_chunk_rows() -> u64 {
+        5_000
+    }
+    pub fn reconnect_max_ms() -> u64 {
+        30_000
+    }
+    pub fn batch_max_docs() -> usize {
+        2_000
+    }
+    pub fn batch_max_bytes() -> usize {
+        8 * 1024 * 1024
+    }
+    pub fn linger_ms() -> u64 {
+        50
+    }
+    pub fn max_in_flight() -> usize {
+        4
+    }
+    pub fn request_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn retry_min_ms() -> u64 {
+        100
+    }
+    pub fn retry_max_ms() -> u64 {
+        30_000
+    }
+    pub fn queue_capacity() -> usize {
+        10_000
+    }
+    pub fn state_dir() -> PathBuf {
+        PathBuf::from("state")
+    }
+    pub fn log_level() -> String {
+        "info".into()
+    }
+    pub fn log_format() -> String {
+        "text".into()
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies environment overrides from `env` and validates the result.
+    pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string(), env)
+    }
+
+    /// Parses TOML text (named `origin` in errors), applies overrides and validates.
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut tree: toml::Table = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: origin.into(),
+            source,
+        })?;
+        for (var, value) in env {
+            apply_override(&mut tree, &var, &value)?;
+        }
+        let config: Config = toml::Table::try_into(tree).map_err(|source| ConfigError::Parse {
+            path: format!("{origin} (with environment overrides)"),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.source.url.starts_with("mysql://")) {
+            return Err(invalid("source.url", "must be a mysql:// URL"));
+        }
+        if self.source.server_id == 0 {
+            return Err(invalid(
+                "source.server_id",
+                "must be a non-zero id unique among the server's replicas",
+            ));
+        }
+        parse_offset(&self.source.time_zone)
+            .ok_or_else(|| invalid("source.time_zone", "must be a fixed UTC offset like +08:00 or -05:30"))?;
+        if !(100..=60_000).contains(&self.source.heartbeat_ms) {
+            return Err(invalid(
+                "source.heartbeat_ms",
+                "must be between 100 and 60000 milliseconds",
+            ));
+        }
+        if self.source.snapshot_chunk_rows == 0 {
+            return Err(invalid("source.snapshot_chunk_rows", "must be at least 1"));
+        }
+        if !(self.sink.url.starts_with("http://") || self.sink.url.starts_with("https://")) {
+            return Err(invalid("sink.url", "must be an http:// or https:// URL"));
+        }
+        if !(1..=100_000).contains(&self.sink.batch_max_docs) {
+            return Err(invalid("sink.batch_max_docs", "must be between 1 and 100000"));
+        }
+        if !(1024..=100 * 1024 * 1024).contains(&self.sink.batch_max_bytes) {
+            return Err(invalid("sink.batch_max_bytes", "must be between 1 KiB and 100 MiB"));
+        }
+        if !(1..=64).contains(&self.sink.max_in_flight) {
+            return Err(invalid("sink.max_in_flight", "must be between 1 and 64"));
+        }
+        if self.sink.request_timeout_ms < 100 {
+            return Err(invalid("sink.request_timeout_ms", "must be at least 100 milliseconds"));
+        }
+        if self.sink.retry_min_ms == 0 || self.sink.retry_max_ms < self.sink.retry_min_ms {
+            return Err(invalid(
+                "sink.retry_max_ms",
+                "retry_min_ms must be > 0 and retry_max_ms >= retry_min_ms",
+            ));
+        }
+        if self.sink.queue_capacity == 0 {
+            return Err(invalid("sink.queue_capacity", "must be at least 1"));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid("log.format", "must be \"text\" or \"json\""));
+        }
+        if self.tables.is_empty() {
+            return Err(invalid("tables", "at least one table mapping is required"));
+        }
+        for (i, t) in self.tables.iter().enumerate() {
+            let key = |k: &str| format!("tables[{i}].{k}");
+            Regex::new(&format!("^(?:{})$", t.source))
+                .map_err(|e| invalid(key("source"), format!("is not a valid regex: {e}")))?;
+            if t.index.is_empty()
+                || t.index != t.index.to_lowercase()
+                || t.index.starts_with(['_', '-', '+'])
+                || t.index
+                    .contains(['\\', '/', '*', '?', '"', '<', '>', '|', ' ', ',', '#', ':'])
+            {
+                return Err(invalid(
+                    key("index"),
+                    "must be a valid lowercase Elasticsearch index name",
+                ));
+            }
+            if !t.include.is_empty() && !t.exclude.is_empty() {
+                return Err(invalid(key("include"), "use either include or exclude, not both"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.state.dir.join("checkpoint.json")
+    }
+
+    pub fn dead_letter_path(&self) -> PathBuf {
+        self.state.dir.join("dead-letter.jsonl")
+    }
+}
+
+impl SourceConfig {
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    pub fn offset(&self) -> chrono::FixedOffset {
+        parse_offset(&self.time_zone).expect("validated")
+    }
+}
+
+/// Parses `+08:00`, `-05:30`, `Z` or `UTC`.
+pub fn parse_offset(s: &str) -> Option<chrono::FixedOffset> {
+    if s == "Z" || s.eq_ignore_ascii_case("utc") {
+        return chrono::FixedOffset::east_opt(0);
+    }
+    let (sign, rest) = match s.as_bytes().first()? {
+        b'+' => (1, &s[1..]),
+        b'-' => (-1, &s[1..]),
+        _ => return None,
+    };
+    let (h, m) = rest.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
+    if h > 14 || m > 59 {
+        return None;
+    }
+    chrono::FixedOffset::east_opt(sign * (h * 3600 + m * 60))
+}
+
+/// Hides the password in a URL for logs and `Debug` output.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..s + 3], user, &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+const SHORTHANDS: &[(&str, &str)] = &[("CDC_MYSQL_URL", "source.url"), ("CDC_ES_URL", "sink.url")];
+
+fn apply_override(tree: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
+    let path: Vec<String> = if let Some((_, p)) = SHORTHANDS.iter().find(|(v, _)| *v == var) {
+        p.split('.').map(str::to_string).collect()
+    } else if let Some(rest) = var.strip_prefix("CDC_") {
+        if !rest.contains("__") {
+            return Ok(()); // not a config key (e.g. CDC_LOG used by tools)
+        }
+        rest.split("__").map(|s| s.to_ascii_lowercase()).collect()
+    } else {
+        return Ok(());
+    };
+    let env_err = |reason: String| ConfigError::Env {
+        var: var.to_string(),
+        reason,
+    };
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+
+    let mut node = toml::Value::Table(std::mem::take(tree));
+    let mut cursor = &mut node;
+    for (i, part) in path.iter().enumerate() {
+        let last = i + 1 == path.len();
+        cursor = match cursor {
+            toml::Value::Table(t) => {
+                if last {
+                    // A string-typed key keeps the raw text (e.g. a password that looks like a number).
+                    let v = match t.get(part) {
+                        Some(toml::Value::String(_)) => toml::Value::String(value.to_string()),
+                        _ => parsed.clone(),
+                    };
+                    t.insert(part.clone(), v);
+                    break;
+                }
+                t.entry(part.clone())
+                    .or_insert_with(|| toml::Value::Table(Default::default()))
+            }
+            toml::Value::Array(a) => {
+                let idx: usize = part
+                    .parse()
+                    .map_err(|_| env_err(format!("`{part}` is not an array index")))?;
+                let len = a.len();
+                let slot = a
+                    .get_mut(idx)
+                    .ok_or_else(|| env_err(format!("index {idx} out of range (0..{len})")))?;
+                if last {
+                    *slot = parsed.clone();
+                    break;
+                }
+                slot
+            }
+            _ => return Err(env_err(format!("`{}` is not a table", path[..i].join(".")))),
+        };
+    }
+    if let toml::Value::Table(t) = node {
+        *tree = t;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [source]
+        url = "mysql://cdc:pw@127.0.0.1:3307"
+        [sink]
+        url = "http://127.0.0.1:9200"
+        [[tables]]
+        source = 'shop\.orders(_\d+)?'
+        index = "orders"
+        mapping = "mappings/orders.json"
+    "#;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::parse(MINIMAL, "t", env(&[])).unwrap();
+        assert_eq!(c.source.time_zone, "+08:00");
+        assert_eq!(c.sink.max_in_flight, 4);
+        assert_eq!(c.source.offset().local_minus_utc(), 8 * 3600);
+    }
+
+    #[test]
+    fn env_overrides_win() {
+        let c = Config::parse(
+            MINIMAL,
+            "t",
+            env(&[
+                ("CDC_MYSQL_URL", "mysql://a:b@h:1"),
+                ("CDC_ES_URL", "http://es:9200"),
+                ("CDC_SINK__MAX_IN_FLIGHT", "8"),
+                ("CDC_TABLES__0__INDEX", "orders2"),
+                ("CDC_SOURCE__SERVER_ID", "77"),
+                ("CDC_UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.source.url, "mysql://a:b@h:1");
+        assert_eq!(c.sink.url, "http://es:9200");
+        assert_eq!(c.sink.max_in_flight, 8);
+        assert_eq!(c.tables[0].index, "orders2");
+        assert_eq!(c.source.server_id, 77);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_constraint() {
+        let e = Config::parse(MINIMAL, "t", env(&[("CDC_SINK__MAX_IN_FLIGHT", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sink.max_in_flight") && e.contains("between 1 and 64"),
+            "{e}"
+        );
+        let e = Config::parse(MINIMAL, "t", env(&[("CDC_SOURCE__TIME_ZONE", "Asia/Shanghai")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("source.time_zone"), "{e}");
+        let e = Config::parse(MINIMAL, "t", env(&[("CDC_TABLES__0__SOURCE", "(")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tables[0].source"), "{e}");
+        let e = Config::parse(MINIMAL, "t", env(&[("CDC_TABLES__3__INDEX", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("CDC_TABLES__3__INDEX") && e.contains("out of range"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let text = MINIMAL.replace("[sink]", "[sink]\nbatch_max_dcos = 5");
+        let e = Config::parse(&text, "t", env(&[])).unwrap_err().to_string();
+        assert!(e.contains("batch_max_dcos"), "{e}");
+    }
+
+    #[test]
+    fn debug_redacts_passwords() {
+        let c = Config::parse(MINIMAL, "t", env(&[])).unwrap();
+        let d = format!("{c:?}");
+        assert!(!d.contains(":pw@") && d.contains("cdc:***@"), "{d}");
+    }
+
+    #[test]
+    fn offsets_parse() {
+        assert_eq!(parse_offset("+08:00").unwrap().local_minus_utc(), 28_800);
+        assert_eq!(parse_offset("-05:30").unwrap().local_minus_utc(), -19_800);
+        assert_eq!(parse_offset("UTC").unwrap().local_minus_utc(), 0);
+        assert!(parse_offset("+8").is_none());
+        assert!(parse_offset("+15:00").is_none());
+    }
+}

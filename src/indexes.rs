@@ -1,0 +1,119 @@
+//! Index lifecycle: every table mapping writes through an alias to a versioned index.
+//!
+//! Contract: [`ensure`] returns the concrete index behind `alias`, creating `<alias>_v1` from
+//! the mapping file with the alias attached in the same create request (so the alias never
+//! points at a half-configured index) when neither exists yet. Writing through an alias lets a
+//! later reindex build `<alias>_v2` and swap the alias atomically. If the alias is missing while
+//! a checkpoint exists, the index was deleted or wiped behind our back: that is reported as a
+//! fatal error instead of silently re-creating an empty index and resuming past the lost data.
+
+use std::path::Path;
+use std::time::Duration;
+
+use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use elasticsearch::http::Method;
+use elasticsearch::Elasticsearch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("cannot read mapping file {path}: {reason}")]
+    Mapping { path: String, reason: String },
+    #[error("cannot reach Elasticsearch: {0}")]
+    Unreachable(String),
+    #[error("alias `{alias}` does not exist although a checkpoint does: the index was deleted or wiped. Delete the checkpoint file ({checkpoint}) to rebuild the index from scratch, or run a reindex")]
+    Vanished { alias: String, checkpoint: String },
+    #[error("`{name}` exists as a concrete index, not an alias; the indexer writes through aliases. Reindex it into `{name}_v1` and add the alias, or choose another index name")]
+    NotAnAlias { name: String },
+    #[error("Elasticsearch refused {what}: HTTP {status}: {body}")]
+    Refused { what: String, status: u16, body: String },
+}
+
+async fn call(
+    client: &Elasticsearch,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(u16, serde_json::Value), IndexError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let resp = client
+        .send(method, path, headers, None::<&()>, body, Some(Duration::from_secs(30)))
+        .await
+        .map_err(|e| IndexError::Unreachable(e.to_string()))?;
+    let status = resp.status_code().as_u16();
+    let bytes = resp.bytes().await.map_err(|e| IndexError::Unreachable(e.to_string()))?;
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+/// Makes sure `alias` exists; returns the concrete index it points to.
+pub async fn ensure(
+    client: &Elasticsearch,
+    alias: &str,
+    mapping: &Path,
+    checkpoint: Option<&Path>,
+) -> Result<String, IndexError> {
+    let (status, body) = call(client, Method::Get, &format!("/_alias/{alias}"), None).await?;
+    if status == 200 {
+        if let Some(obj) = body.as_object() {
+            // The write index if several carry the alias (a reindex in progress), else the one.
+            let write = obj
+                .iter()
+                .find(|(_, v)| v["aliases"][alias]["is_write_index"] == serde_json::Value::Bool(true));
+            if let Some((name, _)) = write.or_else(|| obj.iter().next()) {
+                return Ok(name.clone());
+            }
+        }
+    } else if status != 404 {
+        return Err(IndexError::Refused {
+            what: format!("GET /_alias/{alias}"),
+            status,
+            body: body.to_string(),
+        });
+    }
+    let (exists, _) = call(client, Method::Head, &format!("/{alias}"), None).await?;
+    if exists == 200 {
+        return Err(IndexError::NotAnAlias { name: alias.into() });
+    }
+    if let Some(cp) = checkpoint {
+        return Err(IndexError::Vanished {
+            alias: alias.into(),
+            checkpoint: cp.display().to_string(),
+        });
+    }
+    let text = std::fs::read_to_string(mapping).map_err(|e| IndexError::Mapping {
+        path: mapping.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut body: serde_json::Value = serde_json::from_str(&text).map_err(|e| IndexError::Mapping {
+        path: mapping.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let obj = body.as_object_mut().ok_or_else(|| IndexError::Mapping {
+        path: mapping.display().to_string(),
+        reason: "not a JSON object".into(),
+    })?;
+    obj.insert(
+        "aliases".into(),
+        serde_json::json!({ alias: { "is_write_index": true } }),
+    );
+    let index = format!("{alias}_v1");
+    let (status, resp) = call(
+        client,
+        Method::Put,
+        &format!("/{index}"),
+        Some(serde_json::to_vec(&body).expect("json")),
+    )
+    .await?;
+    if status >= 300 {
+        return Err(IndexError::Refused {
+            what: format!("creating index {index}"),
+            status,
+            body: resp.to_string(),
+        });
+    }
+    tracing::info!(%alias, %index, "created index");
+    Ok(index)
+}

@@ -1,0 +1,173 @@
+//! Wiring: `source → transform → sink → checkpoint`. No logic of its own lives here.
+//!
+//! Shutdown order is what makes a graceful stop lose nothing: the source stops first (at any
+//! point: only transaction boundaries are checkpointed), the transform drains what was read,
+//! the sink lanes flush and resolve every batch, and only then does the committer write the
+//! last checkpoint whose changes are all acknowledged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::change::SourceEvent;
+use crate::checkpoint::{commit_loop, Boundary, CheckpointError, CheckpointStore};
+use crate::config::Config;
+use crate::dead_letter::{now_secs, DeadLetter, DeadLetters};
+use crate::indexes::{self, IndexError};
+use crate::sink::{self, Shared, Sink, SinkError};
+use crate::snapshot::{self, SnapshotError};
+use crate::source::{self, Source, SourceError};
+use crate::transform::{Mapping, Router};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("cannot open the dead-letter file {path}: {source}")]
+    DeadLetter { path: String, source: std::io::Error },
+    #[error("internal task failure: {0}")]
+    Task(String),
+}
+
+/// Runs the indexer until `shutdown` turns true or a fatal error occurs.
+pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), PipelineError> {
+    let mut store = CheckpointStore::open(&cfg.checkpoint_path())?;
+    let dead_letters = DeadLetters::open(&cfg.dead_letter_path()).map_err(|source| PipelineError::DeadLetter {
+        path: cfg.dead_letter_path().display().to_string(),
+        source,
+    })?;
+    let client = sink::client(&cfg.sink)?;
+    let checkpoint_path = cfg.checkpoint_path();
+    for t in &cfg.tables {
+        let existing = store.current().map(|_| checkpoint_path.as_path());
+        indexes::ensure(&client, &t.index, &t.mapping, existing).await?;
+    }
+
+    let mut conn = source::connect(&cfg.source.url).await?;
+    let info = source::preflight(&mut conn).await?;
+    drop(conn);
+    tracing::info!(server = %info.version, position = %info.position, "source checked");
+
+    let zone = cfg.source.offset();
+    let router = Router::new(cfg.tables.iter().map(|t| Mapping::new(t, zone)).collect());
+    let filter = Arc::new(router.table_filter());
+
+    let shared = Shared::new(dead_letters);
+    let mut tasks: JoinSet<Result<(), PipelineError>> = JoinSet::new();
+    let sink = Sink::start(client, &cfg.sink, shared.clone(), &mut tasks);
+    let (tx, rx) = mpsc::channel::<SourceEvent>(cfg.sink.queue_capacity);
+
+    // Source: resume from the checkpoint, or load first, or start at the current end.
+    let resume = store.current().map(|c| c.position.clone());
+    if let Some(r) = &resume {
+        source::check_retention(&info, r)?;
+    }
+    let source_cfg = cfg.source.clone();
+    let source_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let start = match resume {
+            Some(r) => r,
+            None if source_cfg.initial_load => {
+                let f = filter.clone();
+                snapshot::initial_load(&source_cfg.url, info.mariadb, source_cfg.snapshot_chunk_rows, &*f, &tx).await?
+            }
+            None => {
+                let p = info.position.clone();
+                let _ = tx
+                    .send(SourceEvent::Commit {
+                        position: p.clone(),
+                        source_ts: now_secs() as u32,
+                    })
+                    .await;
+                p
+            }
+        };
+        let f = filter.clone();
+        Source::new(source_cfg, info, start, Box::new(move |n: &str| f(n)))
+            .run(tx, source_shutdown)
+            .await?;
+        Ok(())
+    });
+
+    tasks.spawn(transform_loop(rx, router, sink));
+
+    let (stop_commit, stop_rx) = watch::channel(false);
+    let committer = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            commit_loop(
+                &shared.tracker,
+                &shared.acked,
+                &mut store,
+                Duration::from_millis(200),
+                stop_rx,
+            )
+            .await
+        })
+    };
+
+    let mut result = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        let r = joined.map_err(|e| PipelineError::Task(e.to_string())).and_then(|r| r);
+        if let Err(e) = r {
+            tracing::error!(error = %e, "stopping");
+            tasks.abort_all();
+            result = Err(e);
+            break;
+        }
+    }
+    let _ = stop_commit.send(true);
+    committer.await.map_err(|e| PipelineError::Task(e.to_string()))??;
+    result
+}
+
+/// Transform stage: each change through its mapping into the sink, boundaries after them.
+async fn transform_loop(
+    mut rx: mpsc::Receiver<SourceEvent>,
+    mut router: Router,
+    sink: Sink,
+) -> Result<(), PipelineError> {
+    while let Some(event) = rx.recv().await {
+        match event {
+            SourceEvent::Change(change) => {
+                let Some(mapping) = router.route(&change.table) else {
+                    continue;
+                };
+                match mapping.apply(&change) {
+                    Ok(ops) => {
+                        for op in ops {
+                            sink.submit(op).await?;
+                        }
+                    }
+                    Err(e) => {
+                        let reason = e.to_string();
+                        let table = change.table.qualified_name();
+                        sink.shared().dead_letter(&[DeadLetter {
+                            at: now_secs(),
+                            table: &table,
+                            index: &mapping.index,
+                            id: None,
+                            op: change.op.as_str(),
+                            version: change.version.0,
+                            status: None,
+                            reason: &reason,
+                            document: None,
+                        }])?;
+                    }
+                }
+            }
+            SourceEvent::Commit { position, source_ts } => sink.boundary(Boundary { position, source_ts }),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,271 @@
+//! Initial load: the existing rows of every tracked table, consistent with one binlog position.
+//!
+//! Contract: [`initial_load`] reads all tracked tables inside one `START TRANSACTION WITH
+//! CONSISTENT SNAPSHOT` and returns the binlog position P that snapshot corresponds to (MariaDB
+//! reports it lock-free as `binlog_snapshot_file/position`; on MySQL a brief
+//! `FLUSH TABLES WITH READ LOCK` pins it). Rows go through the same transform and sink as live
+//! changes, each with version `Version::at(P)`. The stream then starts at P.
+//!
+//! Why this cannot resurrect a deleted row or overwrite a newer state: the snapshot shows each
+//! row as of P; every binlog change after P carries a version above `Version::at(P)`
+//! (see [`crate::position`]), so whichever order the snapshot write and a later change reach
+//! Elasticsearch, the later change wins; and a row deleted before P is simply not in the
+//! snapshot. Reads use primary-key chunks (keyset pagination, never OFFSET), so each query is
+//! short and the sink's backpressure never holds a server-side cursor open.
+
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use mysql_async::consts::{ColumnFlags, ColumnType};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Column, Conn};
+
+use crate::change::{RowChange, RowOp, SourceEvent};
+use crate::position::{BinlogPosition, Version};
+use crate::schema::{ColumnSchema, TableSchema};
+use crate::source::{connect, current_position, SourceError};
+use crate::value::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("snapshot query failed: {0}")]
+    Query(#[from] mysql_async::Error),
+    #[error("table {0} has no primary key; the initial load pages by primary key")]
+    NoPrimaryKey(String),
+    #[error("the pipeline stopped during the initial load")]
+    Closed,
+}
+
+fn ident(s: &str) -> String {
+    format!("`{}`", s.replace('`', "``"))
+}
+
+/// Loads every table accepted by `tracked` and emits its rows on `tx`, then a commit at the
+/// snapshot position, which it returns.
+pub async fn initial_load(
+    url: &str,
+    mariadb: bool,
+    chunk_rows: u64,
+    tracked: &(dyn Fn(&str) -> bool + Sync),
+    tx: &tokio::sync::mpsc::Sender<SourceEvent>,
+) -> Result<BinlogPosition, SnapshotError> {
+    let mut conn = connect(url).await?;
+    conn.query_drop("SET SESSION time_zone = '+00:00'").await?;
+    conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .await?;
+    let position = if mariadb {
+        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await?;
+        let file: Option<(String, String)> = conn.query_first("SHOW STATUS LIKE 'binlog_snapshot_file'").await?;
+        let pos: Option<(String, u64)> = conn.query_first("SHOW STATUS LIKE 'binlog_snapshot_position'").await?;
+        let mut p = current_position(&mut conn, true).await?;
+        p.file = file.map(|f| f.1).unwrap_or(p.file);
+        p.pos = pos.map(|p| p.1).unwrap_or(p.pos);
+        // The GTID state read separately may be newer than the snapshot; positions are what
+        // we resume from, so do not record a GTID that could be ahead of them.
+        p.gtid = None;
+        p
+    } else {
+        conn.query_drop("FLUSH TABLES WITH READ LOCK").await?;
+        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await?;
+        let p = current_position(&mut conn, false).await;
+        conn.query_drop("UNLOCK TABLES").await?;
+        p?
+    };
+    tracing::info!(%position, "initial load: consistent snapshot taken");
+    let version = Version::at(&position).map_err(SourceError::from)?;
+
+    let tables: Vec<(String, String)> = conn
+        .query(
+            "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' \
+             AND table_schema NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') ORDER BY 1, 2",
+        )
+        .await?;
+    for (db, table) in tables.into_iter().filter(|(d, t)| tracked(&format!("{d}.{t}"))) {
+        let rows = load_table(&mut conn, &db, &table, chunk_rows, version, tx).await?;
+        tracing::info!(table = %format!("{db}.{table}"), rows, "initial load: table done");
+    }
+    conn.query_drop("COMMIT").await?;
+    tx.send(SourceEvent::Commit {
+        position: position.clone(),
+        source_ts: now(),
+    })
+    .await
+    .map_err(|_| SnapshotError::Closed)?;
+    Ok(position)
+}
+
+fn now() -> u32 {
+    crate::dead_letter::now_secs() as u32
+}
+
+async fn load_table(
+    conn: &mut Conn,
+    db: &str,
+    table: &str,
+    chunk_rows: u64,
+    version: Version,
+    tx: &tokio::sync::mpsc::Sender<SourceEvent>,
+) -> Result<u64, SnapshotError> {
+    let columns: Vec<String> = conn
+        .exec(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+            (db, table),
+        )
+        .await?;
+    let keys: Vec<String> = conn
+        .exec(
+            "SELECT column_name FROM information_schema.key_column_usage WHERE table_schema = ? AND table_name = ? \
+             AND constraint_name = 'PRIMARY' ORDER BY ordinal_position",
+            (db, table),
+        )
+        .await?;
+    if keys.is_empty() {
+        return Err(SnapshotError::NoPrimaryKey(format!("{db}.{table}")));
+    }
+    let key_pos: Vec<usize> = keys
+        .iter()
+        .filter_map(|k| columns.iter().position(|c| c == k))
+        .collect();
+    let select = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+    let key_list = keys.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ");
+    let placeholders = vec!["?"; keys.len()].join(", ");
+    let from = format!("{}.{}", ident(db), ident(table));
+    let first = format!("SELECT {select} FROM {from} ORDER BY {key_list} LIMIT {chunk_rows}");
+    let next = format!(
+        "SELECT {select} FROM {from} WHERE ({key_list}) > ({placeholders}) ORDER BY {key_list} LIMIT {chunk_rows}"
+    );
+
+    let mut schema: Option<Arc<TableSchema>> = None;
+    let mut last_key: Option<Vec<mysql_async::Value>> = None;
+    let mut total = 0u64;
+    loop {
+        let rows: Vec<mysql_async::Row> = match &last_key {
+            None => conn.exec(&first, ()).await?,
+            Some(k) => conn.exec(&next, mysql_async::Params::Positional(k.clone())).await?,
+        };
+        let n = rows.len() as u64;
+        for row in rows {
+            let schema = schema
+                .get_or_insert_with(|| Arc::new(schema_from_columns(db, table, row.columns_ref(), &key_pos)))
+                .clone();
+            last_key = Some(
+                key_pos
+                    .iter()
+                    .map(|&i| row.as_ref(i).cloned().unwrap_or(mysql_async::Value::NULL))
+                    .collect(),
+            );
+            let values = row_values(row);
+            tx.send(SourceEvent::Change(RowChange {
+                table: schema,
+                op: RowOp::Insert,
+                before: None,
+                after: Some(values),
+                version,
+                source_ts: now(),
+            }))
+            .await
+            .map_err(|_| SnapshotError::Closed)?;
+        }
+        total += n;
+        if n < chunk_rows {
+            return Ok(total);
+        }
+    }
+}
+
+fn schema_from_columns(db: &str, table: &str, cols: &[Column], key_pos: &[usize]) -> TableSchema {
+    TableSchema {
+        database: db.into(),
+        table: table.into(),
+        columns: cols
+            .iter()
+            .map(|c| ColumnSchema {
+                name: c.name_str().into_owned(),
+                column_type: c.column_type() as u8,
+                meta: vec![c.decimals()],
+                unsigned: c.flags().contains(ColumnFlags::UNSIGNED_FLAG),
+                nullable: !c.flags().contains(ColumnFlags::NOT_NULL_FLAG),
+                charset: Some(c.character_set()),
+                members: vec![],
+            })
+            .collect(),
+        primary_key: key_pos.to_vec(),
+    }
+}
+
+/// Converts a binary-protocol row to the same [`Value`]s the binlog decoder produces.
+fn row_values(row: mysql_async::Row) -> Vec<Value> {
+    let cols = row.columns();
+    row.unwrap()
+        .into_iter()
+        .zip(cols.iter())
+        .map(|(v, c)| convert(v, c))
+        .collect()
+}
+
+fn convert(v: mysql_async::Value, c: &Column) -> Value {
+    use mysql_async::Value as M;
+    let ty = c.column_type();
+    let flags = c.flags();
+    let fsp = c.decimals().min(6);
+    match v {
+        M::NULL => Value::Null,
+        M::Int(i) if ty == ColumnType::MYSQL_TYPE_YEAR => Value::Year(i as u16),
+        M::UInt(u) if ty == ColumnType::MYSQL_TYPE_YEAR => Value::Year(u as u16),
+        M::Int(i) => Value::Int(i),
+        M::UInt(u) => Value::UInt(u),
+        M::Float(f) => Value::Float(f),
+        M::Double(d) => Value::Double(d),
+        M::Date(year, month, day, hour, minute, second, micros) => match ty {
+            ColumnType::MYSQL_TYPE_DATE | ColumnType::MYSQL_TYPE_NEWDATE => Value::Date { year, month, day },
+            ColumnType::MYSQL_TYPE_TIMESTAMP | ColumnType::MYSQL_TYPE_TIMESTAMP2 => {
+                let seconds = NaiveDate::from_ymd_opt(year as i32, month as u32, day as u32)
+                    .and_then(|d| d.and_hms_opt(hour as u32, minute as u32, second as u32))
+                    .map(|t| t.and_utc().timestamp())
+                    .unwrap_or(0);
+                Value::Timestamp { seconds, micros, fsp }
+            }
+            _ => Value::DateTime {
+                year,
+                month,
+                day,
+                hour,
+                minute,
+                second,
+                micros,
+                fsp,
+            },
+        },
+        M::Time(negative, days, hours, minutes, seconds, micros) => Value::Time {
+            negative,
+            hours: days * 24 + hours as u32,
+            minutes,
+            seconds,
+            micros,
+            fsp,
+        },
+        M::Bytes(b) => match ty {
+            ColumnType::MYSQL_TYPE_NEWDECIMAL | ColumnType::MYSQL_TYPE_DECIMAL => {
+                Value::Decimal(String::from_utf8_lossy(&b).into_owned())
+            }
+            ColumnType::MYSQL_TYPE_BIT => Value::Bit(b),
+            ColumnType::MYSQL_TYPE_JSON => match serde_json::from_slice(&b) {
+                Ok(j) => Value::Json(j),
+                Err(_) => Value::Text { bytes: b, charset: 45 },
+            },
+            _ if flags.contains(ColumnFlags::ENUM_FLAG) => Value::Enum(String::from_utf8_lossy(&b).into_owned()),
+            _ if flags.contains(ColumnFlags::SET_FLAG) => Value::Set(if b.is_empty() {
+                vec![]
+            } else {
+                String::from_utf8_lossy(&b).split(',').map(str::to_string).collect()
+            }),
+            _ if c.character_set() == 63 => Value::Bytes(b),
+            _ => Value::Text {
+                bytes: b,
+                charset: c.character_set(),
+            },
+        },
+    }
+}

@@ -1,0 +1,653 @@
+//! Row change → document operations, as pure functions of the change and the mapping.
+//!
+//! Contract: [`Mapping::apply`] turns one [`RowChange`] into the [`DocOp`]s that make the index
+//! reflect the row's new state: an insert or update writes the whole document (`index`), a
+//! delete removes it, and an update that changes the primary key deletes the old `_id` and
+//! writes the new one. Every op keeps the change's version, so applying the ops of a replayed
+//! change again is harmless. A change that cannot be rendered exactly (unknown charset, invalid
+//! JSON text, a partial row image) yields a [`TransformError`], which the pipeline dead-letters:
+//! it is never indexed approximately.
+//!
+//! Rendering: DECIMAL as an exact string; DATETIME in the configured source zone as ISO-8601
+//! with offset (the fraction keeps the column's precision); TIMESTAMP as the same instant shown
+//! in that zone; zero dates as `null`; TIME as `[-]HH:MM:SS[.ffffff]`; binary data as base64;
+//! SET as an array of member names; BIT as an unsigned number.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use chrono::{FixedOffset, NaiveDate, TimeZone};
+use regex::Regex;
+use serde_json::{Map, Number, Value as Json};
+
+use crate::change::{DocAction, DocOp, RowChange, RowOp};
+use crate::config::TableMapping;
+use crate::schema::TableSchema;
+use crate::value::Value;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TransformError {
+    #[error("column `{column}`: unsupported character set id {charset}")]
+    Charset { column: String, charset: u16 },
+    #[error("column `{column}`: text is not valid in its character set {charset}")]
+    Encoding { column: String, charset: u16 },
+    #[error("column `{column}` is configured as JSON but holds invalid JSON: {reason}")]
+    Json { column: String, reason: String },
+    #[error("column `{column}` is missing from the row image (the writing session used binlog_row_image other than FULL); repair this row with a consistency check")]
+    PartialImage { column: String },
+    #[error("table {table} has no primary key in the binlog metadata; set `id_columns` for it")]
+    NoKey { table: String },
+    #[error("id column `{column}` does not exist in table {table}")]
+    UnknownIdColumn { table: String, column: String },
+    #[error("id column `{column}` is NULL")]
+    NullKey { column: String },
+}
+
+/// A hook for per-field rewriting (masking and tokenizing plug in here). It sees the rendered
+/// document and may change, add or remove fields.
+pub trait FieldTransform: Send + Sync {
+    fn apply(&self, doc: &mut Map<String, Json>) -> Result<(), TransformError>;
+}
+
+/// Parses text columns that hold JSON (MariaDB stores JSON as LONGTEXT) into JSON values.
+struct ParseJson {
+    fields: Vec<String>,
+}
+
+impl FieldTransform for ParseJson {
+    fn apply(&self, doc: &mut Map<String, Json>) -> Result<(), TransformError> {
+        for f in &self.fields {
+            if let Some(Json::String(s)) = doc.get(f) {
+                let parsed = serde_json::from_str(s).map_err(|e| TransformError::Json {
+                    column: f.clone(),
+                    reason: e.to_string(),
+                })?;
+                doc.insert(f.clone(), parsed);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A table mapping compiled for the hot path.
+pub struct Mapping {
+    pub index: Arc<str>,
+    source: Regex,
+    id_columns: Vec<String>,
+    include: Vec<String>,
+    exclude: Vec<String>,
+    rename: std::collections::BTreeMap<String, String>,
+    transforms: Vec<Box<dyn FieldTransform>>,
+    zone: FixedOffset,
+}
+
+impl Mapping {
+    pub fn new(cfg: &TableMapping, zone: FixedOffset) -> Self {
+        let mut transforms: Vec<Box<dyn FieldTransform>> = Vec::new();
+        if !cfg.json_columns.is_empty() {
+            let fields = cfg
+                .json_columns
+                .iter()
+                .map(|c| cfg.rename.get(c).unwrap_or(c).clone())
+                .collect();
+            transforms.push(Box::new(ParseJson { fields }));
+        }
+        Mapping {
+            index: Arc::from(cfg.index.as_str()),
+            source: Regex::new(&format!("^(?:{})$", cfg.source)).expect("validated"),
+            id_columns: cfg.id_columns.clone(),
+            include: cfg.include.clone(),
+            exclude: cfg.exclude.clone(),
+            rename: cfg.rename.clone(),
+            transforms,
+            zone,
+        }
+    }
+
+    /// Whether this mapping covers `database.table`.
+    pub fn matches(&self, qualified_table: &str) -> bool {
+        self.source.is_match(qualified_table)
+    }
+
+    /// Adds a per-field transform (applied in the order added).
+    pub fn with_transform(mut self, t: Box<dyn FieldTransform>) -> Self {
+        self.transforms.push(t);
+        self
+    }
+
+    /// The document operations for one change.
+    pub fn apply(&self, change: &RowChange) -> Result<Vec<DocOp>, TransformError> {
+        let table = &change.table;
+        let table_name: Arc<str> = Arc::from(table.qualified_name());
+        let op = |id: String, action: DocAction| DocOp {
+            index: self.index.clone(),
+            id,
+            version: change.version,
+            action,
+            table: table_name.clone(),
+            op: change.op,
+        };
+        match change.op {
+            RowOp::Insert => {
+                let after = change.after.as_deref().unwrap_or_default();
+                Ok(vec![op(
+                    self.doc_id(table, after)?,
+                    DocAction::Index(self.render(table, after)?),
+                )])
+            }
+            RowOp::Delete => {
+                let before = change.before.as_deref().unwrap_or_default();
+                Ok(vec![op(self.doc_id(table, before)?, DocAction::Delete)])
+            }
+            RowOp::Update => {
+                let before = change.before.as_deref().unwrap_or_default();
+                let after = change.after.as_deref().unwrap_or_default();
+                let new_id = self.doc_id(table, after)?;
+                let doc = DocAction::Index(self.render(table, after)?);
+                let old_id = self.doc_id(table, before)?;
+                if old_id == new_id {
+                    Ok(vec![op(new_id, doc)])
+                } else {
+                    Ok(vec![op(old_id, DocAction::Delete), op(new_id, doc)])
+                }
+            }
+        }
+    }
+
+    /// `_id` of a row: the key columns' values joined with `:` (`\` and `:` escaped).
+    pub fn doc_id(&self, table: &TableSchema, row: &[Value]) -> Result<String, TransformError> {
+        let positions: Vec<usize> = if self.id_columns.is_empty() {
+            if table.primary_key.is_empty() {
+                return Err(TransformError::NoKey {
+                    table: table.qualified_name(),
+                });
+            }
+            table.primary_key.clone()
+        } else {
+            self.id_columns
+                .iter()
+                .map(|c| {
+                    table.column_index(c).ok_or_else(|| TransformError::UnknownIdColumn {
+                        table: table.qualified_name(),
+                        column: c.clone(),
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let mut id = String::new();
+        for (n, &i) in positions.iter().enumerate() {
+            let column = &table.columns[i].name;
+            let part = match row.get(i) {
+                Some(Value::Null) => return Err(TransformError::NullKey { column: column.clone() }),
+                Some(Value::Absent) | None => return Err(TransformError::PartialImage { column: column.clone() }),
+                Some(v) => match render_value(v, column, self.zone)? {
+                    Json::String(s) => s,
+                    other => other.to_string(),
+                },
+            };
+            if n > 0 {
+                id.push(':');
+            }
+            if positions.len() == 1 {
+                id.push_str(&part);
+            } else {
+                id.push_str(&part.replace('\\', "\\\\").replace(':', "\\:"));
+            }
+        }
+        Ok(id)
+    }
+
+    /// The JSON document for a row image.
+    pub fn render(&self, table: &TableSchema, row: &[Value]) -> Result<String, TransformError> {
+        let mut doc = Map::with_capacity(table.columns.len());
+        for (col, value) in table.columns.iter().zip(row) {
+            if !self.include.is_empty() && !self.include.iter().any(|c| *c == col.name) {
+                continue;
+            }
+            if self.exclude.iter().any(|c| *c == col.name) {
+                continue;
+            }
+            if matches!(value, Value::Absent) {
+                return Err(TransformError::PartialImage {
+                    column: col.name.clone(),
+                });
+            }
+            let field = self.rename.get(&col.name).unwrap_or(&col.name);
+            doc.insert(field.clone(), render_value(value, &col.name, self.zone)?);
+        }
+        for t in &self.transforms {
+            t.apply(&mut doc)?;
+        }
+        Ok(Json::Object(doc).to_string())
+    }
+}
+
+/// Picks the mapping for a table (the first whose `source` regex matches), cached per table.
+pub struct Router {
+    mappings: Vec<Mapping>,
+    cache: std::collections::HashMap<String, Option<usize>>,
+}
+
+impl Router {
+    pub fn new(mappings: Vec<Mapping>) -> Self {
+        Router {
+            mappings,
+            cache: Default::default(),
+        }
+    }
+
+    /// A predicate telling whether any mapping covers `database.table` (for the source, which
+    /// skips decoding rows of other tables).
+    pub fn table_filter(&self) -> impl Fn(&str) -> bool + Send + Sync + 'static {
+        let regexes: Vec<Regex> = self.mappings.iter().map(|m| m.source.clone()).collect();
+        move |name| regexes.iter().any(|r| r.is_match(name))
+    }
+
+    pub fn route(&mut self, table: &TableSchema) -> Option<&Mapping> {
+        let name = table.qualified_name();
+        let mappings = &self.mappings;
+        let idx = *self
+            .cache
+            .entry(name)
+            .or_insert_with_key(|n| mappings.iter().position(|m| m.matches(n)));
+        idx.map(|i| &self.mappings[i])
+    }
+}
+
+/// Renders one value as JSON (see the module doc for the rules).
+pub fn render_value(value: &Value, column: &str, zone: FixedOffset) -> Result<Json, TransformError> {
+    Ok(match value {
+        Value::Null | Value::Absent => Json::Null,
+        Value::Int(i) => Json::from(*i),
+        Value::UInt(u) => Json::from(*u),
+        // Shortest decimal form of the f32 (1.1 stays 1.1, not 1.100000023841858).
+        Value::Float(f) => number(f.to_string().parse::<f64>().unwrap_or(*f as f64)),
+        Value::Double(d) => number(*d),
+        Value::Decimal(s) => Json::String(s.clone()),
+        Value::Date { year, month, day } => match NaiveDate::from_ymd_opt(*year as i32, *month as u32, *day as u32) {
+            Some(_) => Json::String(format!("{year:04}-{month:02}-{day:02}")),
+            None => Json::Null,
+        },
+        Value::DateTime {
+            year,
+            month,
+            day,
+            hour,
+            minute,
+            second,
+            micros,
+            fsp,
+        } => match NaiveDate::from_ymd_opt(*year as i32, *month as u32, *day as u32) {
+            Some(_) => Json::String(format!(
+                "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}{}{}",
+                fraction(*micros, *fsp),
+                offset_suffix(zone)
+            )),
+            None => Json::Null,
+        },
+        Value::Time {
+            negative,
+            hours,
+            minutes,
+            seconds,
+            micros,
+            fsp,
+        } => Json::String(format!(
+            "{}{hours:02}:{minutes:02}:{seconds:02}{}",
+            if *negative { "-" } else { "" },
+            fraction(*micros, *fsp)
+        )),
+        Value::Timestamp { seconds, micros, fsp } => {
+            if *seconds == 0 && *micros == 0 {
+                Json::Null
+            } else {
+                match zone.timestamp_opt(*seconds, 0).single() {
+                    Some(t) => Json::String(format!(
+                        "{}{}{}",
+                        t.format("%Y-%m-%dT%H:%M:%S"),
+                        fraction(*micros, *fsp),
+                        offset_suffix(zone)
+                    )),
+                    None => Json::Null,
+                }
+            }
+        }
+        Value::Year(y) => Json::from(*y),
+        Value::Text { bytes, charset } => Json::String(decode_text(bytes, *charset, column)?),
+        Value::Bytes(b) => Json::String(base64::engine::general_purpose::STANDARD.encode(b)),
+        Value::Enum(s) => Json::String(s.clone()),
+        Value::Set(members) => Json::Array(members.iter().cloned().map(Json::String).collect()),
+        Value::Bit(bytes) => Json::from(bytes.iter().fold(0u64, |acc, b| (acc << 8) | *b as u64)),
+        Value::Json(j) => j.clone(),
+    })
+}
+
+fn number(f: f64) -> Json {
+    Number::from_f64(f).map(Json::Number).unwrap_or(Json::Null)
+}
+
+fn fraction(micros: u32, fsp: u8) -> String {
+    if fsp == 0 {
+        return String::new();
+    }
+    let digits = format!("{micros:06}");
+    format!(".{}", &digits[..(fsp as usize).min(6)])
+}
+
+fn offset_suffix(zone: FixedOffset) -> String {
+    let secs = zone.local_minus_utc();
+    let sign = if secs < 0 { '-' } else { '+' };
+    let secs = secs.abs();
+    format!("{sign}{:02}:{:02}", secs / 3600, (secs % 3600) / 60)
+}
+
+/// Decodes column bytes by collation id.
+fn decode_text(bytes: &[u8], charset: u16, column: &str) -> Result<String, TransformError> {
+    use encoding_rs::{Encoding, BIG5, GB18030, GBK, UTF_16BE, UTF_16LE, WINDOWS_1252};
+    let bad = || TransformError::Encoding {
+        column: column.into(),
+        charset,
+    };
+    let enc: &'static Encoding = match charset {
+        // utf8mb3 / utf8mb4 collations (MySQL and MariaDB numbering), and ascii.
+        33 | 45 | 46 | 76 | 83 | 192..=215 | 223..=247 | 255..=323 | 11 | 65 => {
+            return std::str::from_utf8(bytes).map(str::to_string).map_err(|_| bad());
+        }
+        // MariaDB 10.10+ numbers its newer (UCA 14.0) collations from 2048 upwards; the ones
+        // for utf8mb3/utf8mb4 are the only ones it uses by default. Accept them as UTF-8 when
+        // the bytes are valid UTF-8.
+        2048..=4095 => return std::str::from_utf8(bytes).map(str::to_string).map_err(|_| bad()),
+        63 => return Ok(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        5 | 8 | 15 | 31 | 47 | 48 | 49 | 94 => WINDOWS_1252,
+        28 | 87 | 24 | 86 => GBK,
+        248..=250 => GB18030,
+        1 | 84 => BIG5,
+        // ucs2 is UTF-16BE restricted to the BMP.
+        35 | 90 | 128..=151 | 159 | 54 | 55 | 101..=124 => UTF_16BE,
+        56 | 62 => UTF_16LE,
+        60 | 61 | 160..=183 => {
+            if bytes.len() % 4 != 0 {
+                return Err(bad());
+            }
+            return bytes
+                .chunks_exact(4)
+                .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])).ok_or_else(bad))
+                .collect();
+        }
+        other => {
+            return Err(TransformError::Charset {
+                column: column.into(),
+                charset: other,
+            })
+        }
+    };
+    let (text, had_errors) = enc.decode_without_bom_handling(bytes);
+    if had_errors {
+        return Err(bad());
+    }
+    Ok(text.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::position::Version;
+    use crate::schema::ColumnSchema;
+
+    fn col(name: &str) -> ColumnSchema {
+        ColumnSchema {
+            name: name.into(),
+            column_type: 0,
+            meta: vec![],
+            unsigned: false,
+            nullable: true,
+            charset: None,
+            members: vec![],
+        }
+    }
+
+    fn table() -> Arc<TableSchema> {
+        Arc::new(TableSchema {
+            database: "shop".into(),
+            table: "orders_03".into(),
+            columns: vec![
+                col("id"),
+                col("buyer_name"),
+                col("amount"),
+                col("created_at"),
+                col("items"),
+                col("secret"),
+            ],
+            primary_key: vec![0],
+        })
+    }
+
+    fn mapping(extra: &str) -> Mapping {
+        let cfg: TableMapping = toml::from_str(&format!(
+            "source = 'shop\\.orders(_\\d+)?'\nindex = \"orders\"\nmapping = \"m.json\"\njson_columns = [\"items\"]\n{extra}"
+        ))
+        .unwrap();
+        Mapping::new(&cfg, FixedOffset::east_opt(8 * 3600).unwrap())
+    }
+
+    fn text(s: &str) -> Value {
+        Value::Text {
+            bytes: s.as_bytes().to_vec(),
+            charset: 224,
+        }
+    }
+
+    fn row(id: i64, name: &str) -> Vec<Value> {
+        vec![
+            Value::Int(id),
+            text(name),
+            Value::Decimal("1234.50".into()),
+            Value::DateTime {
+                year: 2026,
+                month: 1,
+                day: 25,
+                hour: 9,
+                minute: 3,
+                second: 4,
+                micros: 120_000,
+                fsp: 3,
+            },
+            text(r#"{"sku":"A1","qty":2}"#),
+            text("x"),
+        ]
+    }
+
+    fn change(op: RowOp, before: Option<Vec<Value>>, after: Option<Vec<Value>>) -> RowChange {
+        RowChange {
+            table: table(),
+            op,
+            before,
+            after,
+            version: Version(77),
+            source_ts: 0,
+        }
+    }
+
+    #[test]
+    fn insert_renders_exact_document() {
+        let m = mapping("exclude = [\"secret\"]\nrename = { buyer_name = \"buyer\" }");
+        assert!(m.matches("shop.orders_03") && m.matches("shop.orders") && !m.matches("shop.orders_x"));
+        let ops = m.apply(&change(RowOp::Insert, None, Some(row(7, "张三")))).unwrap();
+        assert_eq!(ops.len(), 1);
+        assert_eq!(ops[0].id, "7");
+        assert_eq!(ops[0].version, Version(77));
+        let DocAction::Index(doc) = &ops[0].action else {
+            panic!()
+        };
+        let doc: Json = serde_json::from_str(doc).unwrap();
+        assert_eq!(
+            doc,
+            serde_json::json!({"id": 7, "buyer": "张三", "amount": "1234.50",
+                "created_at": "2026-01-25T09:03:04.120+08:00", "items": {"sku": "A1", "qty": 2}})
+        );
+    }
+
+    #[test]
+    fn key_change_deletes_old_id() {
+        let m = mapping("");
+        let ops = m
+            .apply(&change(RowOp::Update, Some(row(1, "a")), Some(row(2, "a"))))
+            .unwrap();
+        assert_eq!(ops.len(), 2);
+        assert!(matches!(ops[0].action, DocAction::Delete) && ops[0].id == "1");
+        assert!(matches!(ops[1].action, DocAction::Index(_)) && ops[1].id == "2");
+        let ops = m.apply(&change(RowOp::Delete, Some(row(3, "a")), None)).unwrap();
+        assert!(matches!(ops[0].action, DocAction::Delete) && ops[0].id == "3");
+    }
+
+    #[test]
+    fn composite_ids_escape_separators() {
+        let m = mapping("id_columns = [\"buyer_name\", \"id\"]");
+        assert_eq!(m.doc_id(&table(), &row(5, "a:b\\c")).unwrap(), "a\\:b\\\\c:5");
+    }
+
+    #[test]
+    fn unrenderable_rows_are_errors() {
+        let m = mapping("");
+        let mut r = row(1, "a");
+        r[4] = text("{not json");
+        assert!(matches!(
+            m.apply(&change(RowOp::Insert, None, Some(r))),
+            Err(TransformError::Json { .. })
+        ));
+        let mut r = row(1, "a");
+        r[1] = Value::Absent;
+        assert!(matches!(
+            m.apply(&change(RowOp::Insert, None, Some(r))),
+            Err(TransformError::PartialImage { .. })
+        ));
+        let mut r = row(1, "a");
+        r[0] = Value::Null;
+        assert!(matches!(
+            m.apply(&change(RowOp::Insert, None, Some(r))),
+            Err(TransformError::NullKey { .. })
+        ));
+    }
+
+    #[test]
+    fn values_render_exactly() {
+        let z = FixedOffset::east_opt(8 * 3600).unwrap();
+        let r = |v: Value| render_value(&v, "c", z).unwrap();
+        assert_eq!(r(Value::Float(1.1)), serde_json::json!(1.1));
+        assert_eq!(r(Value::UInt(u64::MAX)), serde_json::json!(18446744073709551615u64));
+        assert_eq!(
+            r(Value::Time {
+                negative: true,
+                hours: 507,
+                minutes: 48,
+                seconds: 27,
+                micros: 0,
+                fsp: 0
+            }),
+            "-507:48:27"
+        );
+        assert_eq!(
+            r(Value::Time {
+                negative: true,
+                hours: 1,
+                minutes: 2,
+                seconds: 3,
+                micros: 500_000,
+                fsp: 3
+            }),
+            "-01:02:03.500"
+        );
+        // 2024-06-15 12:34:56 UTC shown in +08:00.
+        assert_eq!(
+            r(Value::Timestamp {
+                seconds: 1_718_454_896,
+                micros: 0,
+                fsp: 0
+            }),
+            "2024-06-15T20:34:56+08:00"
+        );
+        assert_eq!(
+            r(Value::Timestamp {
+                seconds: 0,
+                micros: 0,
+                fsp: 0
+            }),
+            Json::Null
+        );
+        assert_eq!(
+            r(Value::Date {
+                year: 0,
+                month: 0,
+                day: 0
+            }),
+            Json::Null
+        );
+        assert_eq!(
+            r(Value::DateTime {
+                year: 2024,
+                month: 6,
+                day: 15,
+                hour: 0,
+                minute: 0,
+                second: 0,
+                micros: 123456,
+                fsp: 6
+            }),
+            "2024-06-15T00:00:00.123456+08:00"
+        );
+        assert_eq!(
+            r(Value::Text {
+                bytes: b"caf\xe9 \xf1".to_vec(),
+                charset: 8
+            }),
+            "café ñ"
+        );
+        assert_eq!(
+            r(Value::Text {
+                bytes: vec![0x9f, b' ', 0x80],
+                charset: 8
+            }),
+            "Ÿ €"
+        );
+        assert_eq!(
+            r(Value::Text {
+                bytes: vec![0, b'h', 0, 0xe9],
+                charset: 35
+            }),
+            "hé"
+        );
+        assert_eq!(
+            r(Value::Text {
+                bytes: vec![0xd5, 0xc5, 0xc8, 0xfd],
+                charset: 28
+            }),
+            "张三"
+        );
+        assert_eq!(r(Value::Bytes(vec![0xde, 0xad, 0xbe, 0xef])), "3q2+7w==");
+        assert_eq!(
+            r(Value::Set(vec!["x".into(), "z".into()])),
+            serde_json::json!(["x", "z"])
+        );
+        assert_eq!(r(Value::Bit(vec![0x02, 0x01])), serde_json::json!(513));
+        assert!(render_value(
+            &Value::Text {
+                bytes: vec![0xff],
+                charset: 224
+            },
+            "c",
+            z
+        )
+        .is_err());
+        assert!(matches!(
+            render_value(
+                &Value::Text {
+                    bytes: vec![1],
+                    charset: 999
+                },
+                "c",
+                z
+            ),
+            Err(TransformError::Charset { charset: 999, .. })
+        ));
+    }
+}

@@ -1,0 +1,281 @@
+//! Shared pieces of the end-to-end tests: running the real `cdc-indexer` binary, and an
+//! oracle that renders the database's rows with SQL alone (independent of the indexer's
+//! decoder and transform) so the index can be compared with the database row by row.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use cdc_indexer::testkit::{wait_until, EsClient};
+use mysql_async::prelude::Queryable;
+use serde_json::{json, Value};
+
+/// One `cdc-indexer run` child process with its own config and state directory.
+pub struct Indexer {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Indexer {
+    /// Writes a config streaming `db`'s `orders`/`event_log` into `<prefix>orders`/`<prefix>event_log`.
+    pub fn new(mysql_url: &str, es_url: &str, db: &str, prefix: &str, extra_tables: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mappings = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
+        let config = format!(
+            r#"
+[source]
+url = "{mysql_url}"
+server_id = {server_id}
+heartbeat_ms = 500
+reconnect_max_ms = 2000
+
+[sink]
+url = "{es_url}"
+batch_max_docs = 500
+linger_ms = 20
+retry_max_ms = 2000
+
+[state]
+dir = "{state}"
+
+[log]
+level = "info,cdc_indexer=debug"
+
+[[tables]]
+source = '{db}\.orders'
+index = "{prefix}orders"
+mapping = "{orders}"
+json_columns = ["items"]
+
+[[tables]]
+source = '{db}\.event_log'
+index = "{prefix}event_log"
+mapping = "{events}"
+json_columns = ["payload"]
+{extra_tables}
+"#,
+            server_id = 1000 + (std::process::id() % 1000) * 50 + next_id(),
+            state = dir.path().join("state").display(),
+            orders = mappings.join("orders.json").display(),
+            events = mappings.join("event_log.json").display(),
+        );
+        std::fs::write(dir.path().join("cdc-indexer.toml"), config)?;
+        Ok(Indexer {
+            dir,
+            child: None,
+            starts: 0,
+        })
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("cdc-indexer.toml")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("indexer-{}.log", self.starts))
+    }
+
+    pub fn start(&mut self) -> Result<()> {
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path())?;
+        let child = Command::new(env!("CARGO_BIN_EXE_cdc-indexer"))
+            .args(["run", "--config"])
+            .arg(self.config_path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning cdc-indexer")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: no chance to flush or checkpoint.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut c = self.child.take().context("not running")?;
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        Ok(c.wait()?)
+    }
+
+    /// Waits for the process to exit by itself (e.g. after a fatal error).
+    pub async fn exit_status(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let child = self.child.as_mut().context("not running")?;
+        let status = wait_until(timeout, Duration::from_millis(100), || {
+            let r = child.try_wait();
+            async move { r?.context("still running") }
+        })
+        .await
+        .with_context(|| format!("indexer log:\n{}", self.log()))?;
+        self.child = None;
+        Ok(status)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn checkpoint(&self) -> Option<Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("state/checkpoint.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}
+
+impl Drop for Indexer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn next_id() -> u32 {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+const ZONE: &str = "+08:00";
+
+/// `shop.orders` rows rendered by SQL as the documents the indexer must produce.
+pub async fn expected_orders(conn: &mut mysql_async::Conn, db: &str) -> Result<BTreeMap<String, Value>> {
+    let sql = format!(
+        "SELECT id, order_no, buyer_name, buyer_phone, address, CAST(amount AS CHAR), CAST(status AS CHAR), \
+         DATE_FORMAT(created_at, '%Y-%m-%dT%H:%i:%s'), DATE_FORMAT(paid_at, '%Y-%m-%dT%H:%i:%s'), \
+         DATE_FORMAT(shipped_at, '%Y-%m-%dT%H:%i:%s'), LEFT(DATE_FORMAT(updated_at, '%Y-%m-%dT%H:%i:%s.%f'), 23), \
+         remark, CAST(items AS CHAR) FROM `{db}`.orders"
+    );
+    let rows: Vec<mysql_async::Row> = conn.query(sql).await?;
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let id: u64 = r.get(0).context("id")?;
+        let s = |i: usize| -> Value {
+            r.get::<Option<String>, _>(i)
+                .flatten()
+                .map(Value::String)
+                .unwrap_or(Value::Null)
+        };
+        let t = |i: usize| -> Value {
+            r.get::<Option<String>, _>(i)
+                .flatten()
+                .map(|v| Value::String(format!("{v}{ZONE}")))
+                .unwrap_or(Value::Null)
+        };
+        let items = match r.get::<Option<String>, _>(12).flatten() {
+            Some(j) => serde_json::from_str(&j)?,
+            None => Value::Null,
+        };
+        out.insert(
+            id.to_string(),
+            json!({
+                "id": id, "order_no": s(1), "buyer_name": s(2), "buyer_phone": s(3), "address": s(4),
+                "amount": s(5), "status": s(6), "created_at": t(7), "paid_at": t(8), "shipped_at": t(9),
+                "updated_at": t(10), "remark": s(11), "items": items,
+            }),
+        );
+    }
+    Ok(out)
+}
+
+/// `shop.event_log` rows rendered by SQL.
+pub async fn expected_events(conn: &mut mysql_async::Conn, db: &str) -> Result<BTreeMap<String, Value>> {
+    let sql = format!(
+        "SELECT id, order_id, event_type, CAST(payload AS CHAR), operator_id, \
+         LEFT(DATE_FORMAT(occurred_at, '%Y-%m-%dT%H:%i:%s.%f'), 23) FROM `{db}`.event_log"
+    );
+    let rows: Vec<mysql_async::Row> = conn.query(sql).await?;
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let id: u64 = r.get(0).context("id")?;
+        let order_id: u64 = r.get(1).context("order_id")?;
+        let payload: String = r.get(3).context("payload")?;
+        let operator: Option<i64> = r.get::<Option<i64>, _>(4).flatten();
+        let at: String = r.get(5).context("occurred_at")?;
+        out.insert(
+            id.to_string(),
+            json!({
+                "id": id, "order_id": order_id, "event_type": r.get::<String, _>(2),
+                "payload": serde_json::from_str::<Value>(&payload)?, "operator_id": operator,
+                "occurred_at": format!("{at}{ZONE}"),
+            }),
+        );
+    }
+    Ok(out)
+}
+
+/// Polls `condition` until it holds; fails at once (with the indexer's log) if the indexer
+/// exits, or after `timeout` with the last observation.
+pub async fn settle<F, Fut>(indexer: &mut Indexer, timeout: Duration, mut condition: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let last = match condition().await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if !indexer.is_running() {
+            return Err(last.context(format!("the indexer exited:\n{}", indexer.log())));
+        }
+        let dead = std::fs::read_to_string(indexer.dir.path().join("state/dead-letter.jsonl")).unwrap_or_default();
+        if !dead.is_empty() {
+            return Err(last.context(format!("unexpected dead letters:\n{dead}")));
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(last.context(format!(
+                "not reached within {timeout:?}; indexer log:\n{}",
+                indexer.log()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Compares two keyed document sets and describes the first differences.
+pub fn diff(what: &str, expected: &BTreeMap<String, Value>, actual: &BTreeMap<String, Value>) -> Result<()> {
+    let missing: Vec<&String> = expected.keys().filter(|k| !actual.contains_key(*k)).take(5).collect();
+    let extra: Vec<&String> = actual.keys().filter(|k| !expected.contains_key(*k)).take(5).collect();
+    let changed: Vec<(&String, &Value, &Value)> = expected
+        .iter()
+        .filter_map(|(k, v)| actual.get(k).filter(|a| *a != v).map(|a| (k, v, a)))
+        .take(3)
+        .collect();
+    ensure!(
+        missing.is_empty() && extra.is_empty() && changed.is_empty(),
+        "{what}: {} expected, {} indexed; missing {missing:?}; extra {extra:?}; differing (id, expected, indexed) {changed:?}",
+        expected.len(),
+        actual.len()
+    );
+    Ok(())
+}
+
+/// Waits until both indexes equal the database exactly.
+pub async fn wait_exact(
+    indexer: &mut Indexer,
+    conn: &mut mysql_async::Conn,
+    es: &EsClient,
+    db: &str,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let orders = expected_orders(conn, db).await?;
+    let events = expected_events(conn, db).await?;
+    settle(indexer, timeout, || async {
+        diff("orders", &orders, &es.all_docs(&format!("{prefix}orders")).await?)?;
+        diff("event_log", &events, &es.all_docs(&format!("{prefix}event_log")).await?)
+    })
+    .await
+}
