@@ -73,13 +73,22 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Pip
         source::check_retention(&info, r)?;
     }
     let source_cfg = cfg.source.clone();
+    let marker = cfg.state.dir.join("initial-load.json");
     let source_shutdown = shutdown.clone();
     tasks.spawn(async move {
         let start = match resume {
             Some(r) => r,
             None if source_cfg.initial_load => {
                 let f = filter.clone();
-                snapshot::initial_load(&source_cfg.url, info.mariadb, source_cfg.snapshot_chunk_rows, &*f, &tx).await?
+                snapshot::initial_load(
+                    &source_cfg.url,
+                    info.mariadb,
+                    source_cfg.snapshot_chunk_rows,
+                    &*f,
+                    &marker,
+                    &tx,
+                )
+                .await?
             }
             None => {
                 let p = info.position.clone();

@@ -303,10 +303,10 @@ impl Lane {
     fn resolve(&self, pending: Vec<(u64, DocOp)>, items: Vec<ItemOutcome>) -> Result<Vec<(u64, DocOp)>, SinkError> {
         // Newest version written per document in this round: an older op of the same document
         // that must be retried is obsolete and must not be re-sent after it.
-        let mut written: HashMap<&str, u64> = HashMap::new();
+        let mut written: HashMap<(&str, &str), u64> = HashMap::new();
         for ((_, op), item) in pending.iter().zip(&items) {
             if matches!(item, ItemOutcome::Done | ItemOutcome::Stale) {
-                let v = written.entry(&op.id).or_default();
+                let v = written.entry((&op.index, &op.id)).or_default();
                 *v = (*v).max(op.version.0);
             }
         }
@@ -316,7 +316,11 @@ impl Lane {
         for (i, ((seq, op), item)) in pending.iter().zip(items).enumerate() {
             match item {
                 ItemOutcome::Done | ItemOutcome::Stale => acked.push(*seq),
-                ItemOutcome::Retry { .. } if written.get(op.id.as_str()).is_some_and(|v| *v > op.version.0) => {
+                ItemOutcome::Retry { .. }
+                    if written
+                        .get(&(&*op.index, op.id.as_str()))
+                        .is_some_and(|v| *v > op.version.0) =>
+                {
                     acked.push(*seq)
                 }
                 ItemOutcome::Retry { .. } => retry_idx.push(i),

@@ -10,9 +10,22 @@
 //! row as of P; every binlog change after P carries a version above `Version::at(P)`
 //! (see [`crate::position`]), so whichever order the snapshot write and a later change reach
 //! Elasticsearch, the later change wins; and a row deleted before P is simply not in the
-//! snapshot. Reads use primary-key chunks (keyset pagination, never OFFSET), so each query is
+//! snapshot.
+//!
+//! A load interrupted by a crash leaves documents of its own in the index, and rows may be
+//! deleted before the next attempt, whose snapshot would then simply not contain them. So the
+//! first snapshot position P1 is persisted (`initial-load.json`) before any row is written, and
+//! every later attempt, after loading its own snapshot at P2, streams from P1 rather than P2:
+//! replaying P1..P2 deletes what was deleted meanwhile, while for rows present at P2 the replayed
+//! older changes lose to the snapshot's higher version.
+//!
+//! Reads use primary-key chunks (keyset pagination, never OFFSET), so each query is
 //! short and the sink's backpressure never holds a server-side cursor open.
 
+use std::path::Path;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
 use std::sync::Arc;
 
 use chrono::NaiveDate;
@@ -34,8 +47,23 @@ pub enum SnapshotError {
     Query(#[from] mysql_async::Error),
     #[error("table {0} has no primary key; the initial load pages by primary key")]
     NoPrimaryKey(String),
+    #[error("initial-load marker: {0}")]
+    Marker(String),
     #[error("the pipeline stopped during the initial load")]
     Closed,
+}
+
+impl SnapshotError {
+    fn is_transient(&self) -> bool {
+        match self {
+            SnapshotError::Query(mysql_async::Error::Io(_) | mysql_async::Error::Driver(_)) => true,
+            SnapshotError::Source(SourceError::Connect { .. }) => true,
+            SnapshotError::Source(SourceError::Stream(mysql_async::Error::Io(_) | mysql_async::Error::Driver(_))) => {
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 fn ident(s: &str) -> String {
@@ -43,12 +71,42 @@ fn ident(s: &str) -> String {
 }
 
 /// Loads every table accepted by `tracked` and emits its rows on `tx`, then a commit at the
-/// snapshot position, which it returns.
+/// position streaming must start from, which it returns: the snapshot's own position, or the
+/// first attempt's as recorded in `marker` (see the module doc).
 pub async fn initial_load(
     url: &str,
     mariadb: bool,
     chunk_rows: u64,
     tracked: &(dyn Fn(&str) -> bool + Sync),
+    marker: &Path,
+    tx: &tokio::sync::mpsc::Sender<SourceEvent>,
+) -> Result<BinlogPosition, SnapshotError> {
+    // A lost connection (server restart, network) restarts the load from a new snapshot; that
+    // is safe for the same reason a crash is (see the module doc).
+    let mut backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        match attempt(url, mariadb, chunk_rows, tracked, marker, tx).await {
+            Err(e) if e.is_transient() => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(1));
+                tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "initial load interrupted; starting it again");
+                tokio::time::sleep(delay).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn attempt(
+    url: &str,
+    mariadb: bool,
+    chunk_rows: u64,
+    tracked: &(dyn Fn(&str) -> bool + Sync),
+    marker: &Path,
     tx: &tokio::sync::mpsc::Sender<SourceEvent>,
 ) -> Result<BinlogPosition, SnapshotError> {
     let mut conn = connect(url).await?;
@@ -74,6 +132,16 @@ pub async fn initial_load(
         p?
     };
     tracing::info!(%position, "initial load: consistent snapshot taken");
+    let stream_from = match read_marker(marker)? {
+        Some(first) => {
+            tracing::warn!(first = %first, "an earlier initial load was interrupted; streaming will replay from its position");
+            first
+        }
+        None => {
+            write_marker(marker, &position)?;
+            position.clone()
+        }
+    };
     let version = Version::at(&position).map_err(SourceError::from)?;
 
     let tables: Vec<(String, String)> = conn
@@ -88,12 +156,32 @@ pub async fn initial_load(
     }
     conn.query_drop("COMMIT").await?;
     tx.send(SourceEvent::Commit {
-        position: position.clone(),
+        position: stream_from.clone(),
         source_ts: now(),
     })
     .await
     .map_err(|_| SnapshotError::Closed)?;
-    Ok(position)
+    Ok(stream_from)
+}
+
+fn read_marker(path: &Path) -> Result<Option<BinlogPosition>, SnapshotError> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| SnapshotError::Marker(format!("{} is corrupt: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(SnapshotError::Marker(format!("{}: {e}", path.display()))),
+    }
+}
+
+fn write_marker(path: &Path, position: &BinlogPosition) -> Result<(), SnapshotError> {
+    let io = |e: std::io::Error| SnapshotError::Marker(format!("{}: {e}", path.display()));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut f = std::fs::File::create(path).map_err(io)?;
+    std::io::Write::write_all(&mut f, &serde_json::to_vec(position).expect("json")).map_err(io)?;
+    f.sync_all().map_err(io)
 }
 
 fn now() -> u32 {
