@@ -28,6 +28,13 @@ pub enum IndexError {
     Refused { what: String, status: u16, body: String },
 }
 
+impl IndexError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, IndexError::Unreachable(_))
+            || matches!(self, IndexError::Refused { status, .. } if *status >= 500)
+    }
+}
+
 async fn call(
     client: &Elasticsearch,
     method: Method,

@@ -10,6 +10,7 @@ pub mod decode;
 pub mod indexes;
 pub mod pipeline;
 pub mod position;
+pub mod retry;
 pub mod schema;
 pub mod sink;
 pub mod snapshot;

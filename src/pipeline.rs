@@ -16,6 +16,7 @@ use crate::checkpoint::{commit_loop, Boundary, CheckpointError, CheckpointStore}
 use crate::config::Config;
 use crate::dead_letter::{now_secs, DeadLetter, DeadLetters};
 use crate::indexes::{self, IndexError};
+use crate::retry;
 use crate::sink::{self, Shared, Sink, SinkError};
 use crate::snapshot::{self, SnapshotError};
 use crate::source::{self, Source, SourceError};
@@ -48,14 +49,24 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Pip
     })?;
     let client = sink::client(&cfg.sink)?;
     let checkpoint_path = cfg.checkpoint_path();
+    let patience = Duration::from_millis(cfg.source.reconnect_max_ms);
     for t in &cfg.tables {
         let existing = store.current().map(|_| checkpoint_path.as_path());
-        indexes::ensure(&client, &t.index, &t.mapping, existing).await?;
+        retry::until_ok("preparing the index", patience, IndexError::is_transient, || {
+            indexes::ensure(&client, &t.index, &t.mapping, existing)
+        })
+        .await?;
     }
-
-    let mut conn = source::connect(&cfg.source.url).await?;
-    let info = source::preflight(&mut conn).await?;
-    drop(conn);
+    let info = retry::until_ok(
+        "checking the source server",
+        patience,
+        SourceError::is_transient,
+        || async {
+            let mut conn = source::connect(&cfg.source.url).await?;
+            source::preflight(&mut conn).await
+        },
+    )
+    .await?;
     tracing::info!(server = %info.version, position = %info.position, "source checked");
 
     let zone = cfg.source.offset();

@@ -19,7 +19,6 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::BytesMut;
 use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
@@ -194,12 +193,10 @@ impl Lane {
     }
 
     fn backoff(&self) -> impl Iterator<Item = Duration> {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(self.cfg.retry_min_ms))
-            .with_max_delay(Duration::from_millis(self.cfg.retry_max_ms))
-            .with_jitter()
-            .without_max_times()
-            .build()
+        crate::retry::delays(
+            Duration::from_millis(self.cfg.retry_min_ms),
+            Duration::from_millis(self.cfg.retry_max_ms),
+        )
     }
 
     /// Resolves every operation of `ops`, retrying as long as needed.

@@ -25,7 +25,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use std::sync::Arc;
 
 use chrono::NaiveDate;
@@ -83,22 +82,13 @@ pub async fn initial_load(
 ) -> Result<BinlogPosition, SnapshotError> {
     // A lost connection (server restart, network) restarts the load from a new snapshot; that
     // is safe for the same reason a crash is (see the module doc).
-    let mut backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(30))
-        .with_jitter()
-        .without_max_times()
-        .build();
-    loop {
-        match attempt(url, mariadb, chunk_rows, tracked, marker, tx).await {
-            Err(e) if e.is_transient() => {
-                let delay = backoff.next().unwrap_or(Duration::from_secs(1));
-                tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "initial load interrupted; starting it again");
-                tokio::time::sleep(delay).await;
-            }
-            other => return other,
-        }
-    }
+    crate::retry::until_ok(
+        "initial load",
+        Duration::from_secs(30),
+        SnapshotError::is_transient,
+        || attempt(url, mariadb, chunk_rows, tracked, marker, tx),
+    )
+    .await
 }
 
 async fn attempt(

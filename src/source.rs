@@ -21,7 +21,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use mysql_async::binlog::events::{Event, QueryEvent, RotateEvent, TransactionPayloadEvent};
 use mysql_async::binlog::EventType;
@@ -65,7 +64,7 @@ pub enum SourceError {
 
 impl SourceError {
     /// Whether reconnecting can help.
-    fn is_transient(&self) -> bool {
+    pub fn is_transient(&self) -> bool {
         match self {
             SourceError::Stalled(_) | SourceError::Ended | SourceError::Connect { .. } => true,
             SourceError::Stream(e) => match e {
@@ -304,12 +303,10 @@ impl Source {
     }
 
     fn reconnect_backoff(&self) -> impl Iterator<Item = Duration> {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_millis(self.cfg.reconnect_max_ms))
-            .with_jitter()
-            .without_max_times()
-            .build()
+        crate::retry::delays(
+            Duration::from_millis(200),
+            Duration::from_millis(self.cfg.reconnect_max_ms),
+        )
     }
 
     async fn stream_once(&mut self, tx: &mpsc::Sender<SourceEvent>) -> Result<(), SourceError> {
