@@ -54,14 +54,12 @@ pub enum SnapshotError {
 
 impl SnapshotError {
     fn is_transient(&self) -> bool {
-        match self {
-            SnapshotError::Query(mysql_async::Error::Io(_) | mysql_async::Error::Driver(_)) => true,
-            SnapshotError::Source(SourceError::Connect { .. }) => true,
-            SnapshotError::Source(SourceError::Stream(mysql_async::Error::Io(_) | mysql_async::Error::Driver(_))) => {
-                true
-            }
-            _ => false,
-        }
+        use mysql_async::Error::{Driver, Io};
+        matches!(
+            self,
+            SnapshotError::Query(Io(_) | Driver(_))
+                | SnapshotError::Source(SourceError::Connect { .. } | SourceError::Stream(Io(_) | Driver(_)))
+        )
     }
 }
 

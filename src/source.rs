@@ -421,12 +421,7 @@ impl Source {
                     .read_event::<QueryEvent>()
                     .map_err(|e| self.decode_err(st, log_pos, e))?;
                 let text = q.query();
-                let word = text
-                    .trim_start()
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .to_ascii_uppercase();
+                let word = text.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
                 match word.as_str() {
                     "BEGIN" | "XA" if !inner || word == "BEGIN" => st.in_txn = true,
                     "COMMIT" | "ROLLBACK" => {

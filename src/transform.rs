@@ -201,10 +201,10 @@ impl Mapping {
     pub fn render(&self, table: &TableSchema, row: &[Value]) -> Result<String, TransformError> {
         let mut doc = Map::with_capacity(table.columns.len());
         for (col, value) in table.columns.iter().zip(row) {
-            if !self.include.is_empty() && !self.include.iter().any(|c| *c == col.name) {
+            if !self.include.is_empty() && !self.include.contains(&col.name) {
                 continue;
             }
-            if self.exclude.iter().any(|c| *c == col.name) {
+            if self.exclude.contains(&col.name) {
                 continue;
             }
             if matches!(value, Value::Absent) {
