@@ -206,7 +206,7 @@ pub async fn commit_loop(
             store.save(Checkpoint {
                 position: b.position,
                 source_ts: b.source_ts,
-                written_at: now(),
+                written_at: crate::dead_letter::now_secs(),
             })?;
             tracing::debug!(position = %store.current().expect("just saved").position, "checkpoint");
         }
@@ -216,13 +216,6 @@ pub async fn commit_loop(
         // Batch fsyncs: acknowledgements arriving meanwhile are folded into the next save.
         tokio::time::sleep(min_interval).await;
     }
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

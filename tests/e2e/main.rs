@@ -321,6 +321,30 @@ async fn startup_checks_and_resume() -> Result<()> {
         "must resume, not reload:\n{}",
         indexer.log()
     );
+    // AND `status` reports the checkpoint caught up with the server
+    let config = indexer.config_path();
+    settle(&mut indexer, CATCH_UP, || {
+        let config = config.clone();
+        async move {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_cdc-indexer"))
+                .args(["status", "--json", "--config"])
+                .arg(&config)
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "status failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let s: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            ensure!(s["lag_bytes"] == 0 && s["lag_seconds"] == 0, "status: {s}");
+            ensure!(
+                s["checkpoint"]["position"]["file"] == s["server"]["file"],
+                "status: {s}"
+            );
+            Ok(())
+        }
+    })
+    .await?;
     ensure!(indexer.stop()?.success(), "clean stop");
     ensure!(indexer.checkpoint() != Some(checkpoint), "checkpoint must advance");
 
