@@ -92,15 +92,21 @@ pub struct ServerInfo {
     pub binlogs: Vec<(String, u64)>,
 }
 
+/// Longest wait for a connection and the binlog dump request to be answered.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub async fn connect(url: &str) -> Result<Conn, SourceError> {
     let opts = Opts::from_url(url).map_err(|e| SourceError::Connect {
         url: redact_url(url),
         source: mysql_async::Error::Url(e),
     })?;
-    Conn::new(opts).await.map_err(|source| SourceError::Connect {
-        url: redact_url(url),
-        source,
-    })
+    tokio::time::timeout(SETUP_TIMEOUT, Conn::new(opts))
+        .await
+        .map_err(|_| SourceError::Stalled(SETUP_TIMEOUT))?
+        .map_err(|source| SourceError::Connect {
+            url: redact_url(url),
+            source,
+        })
 }
 
 async fn global(conn: &mut Conn, name: &str) -> Result<Option<String>, SourceError> {
@@ -310,21 +316,26 @@ impl Source {
     }
 
     async fn stream_once(&mut self, tx: &mpsc::Sender<SourceEvent>) -> Result<(), SourceError> {
-        let mut conn = connect(&self.cfg.url).await?;
         let heartbeat = self.cfg.heartbeat();
-        conn.query_drop(format!("SET @master_heartbeat_period = {}", heartbeat.as_nanos()))
-            .await?;
-        if self.info.mariadb {
-            // Ask for GTID events and annotate events as MariaDB replicas get them.
-            conn.query_drop("SET @mariadb_slave_capability = 4").await?;
-        }
-        let request = BinlogStreamRequest::new(self.cfg.server_id)
-            .with_filename(self.resume.file.as_bytes())
-            .with_pos(self.resume.pos);
-        let mut stream = conn
-            .get_binlog_stream(request)
+        // A frozen server accepts TCP connections but never answers: bound the whole set-up.
+        let setup = async {
+            let mut conn = connect(&self.cfg.url).await?;
+            conn.query_drop(format!("SET @master_heartbeat_period = {}", heartbeat.as_nanos()))
+                .await?;
+            if self.info.mariadb {
+                // Ask for GTID events and annotate events as MariaDB replicas get them.
+                conn.query_drop("SET @mariadb_slave_capability = 4").await?;
+            }
+            let request = BinlogStreamRequest::new(self.cfg.server_id)
+                .with_filename(self.resume.file.as_bytes())
+                .with_pos(self.resume.pos);
+            conn.get_binlog_stream(request)
+                .await
+                .map_err(|e| privilege_error(e, "the binlog dump (REPLICATION SLAVE)"))
+        };
+        let mut stream = tokio::time::timeout(SETUP_TIMEOUT, setup)
             .await
-            .map_err(|e| privilege_error(e, "the binlog dump (REPLICATION SLAVE)"))?;
+            .map_err(|_| SourceError::Stalled(SETUP_TIMEOUT))??;
         tracing::info!(position = %self.resume, "streaming binlog");
 
         let file_seq = file_sequence(&self.resume.file)?;

@@ -382,3 +382,49 @@ async fn startup_checks_and_resume() -> Result<()> {
     );
     Ok(())
 }
+
+/// A frozen server (SIGSTOP) is detected by the missing heartbeats, and streaming carries on
+/// once it thaws.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_server_is_detected_and_survived() -> Result<()> {
+    if std::env::var("CDC_MYSQL_URL").is_ok_and(|u| !u.is_empty()) {
+        eprintln!("skipped: freezes the server, needs a server of its own");
+        return Ok(());
+    }
+    // GIVEN an indexer streaming from a server of this test's own
+    let mut server = MariaDbServer::start()?;
+    let es_target = shared_es();
+    let es = es_target.client()?;
+    let db = unique_name("e2e_stall");
+    let prefix = format!("{db}_");
+    let mut conn = server.root_conn().await?;
+    create_shop_schema(&mut conn, &db).await?;
+    Sample::generate(11, 20).load(&mut conn, &db).await?;
+    let mut indexer = Indexer::new(&server.url(), es_target.url(), &db, &prefix, "")?;
+    indexer.start()?;
+    wait_exact(&mut indexer, &mut conn, &es, &db, &prefix, CATCH_UP).await?;
+    drop(conn);
+    let indexer_log = indexer.log_path();
+
+    // WHEN the server is frozen for longer than three heartbeat periods (3 × 500 ms)
+    server.pause()?;
+    let stalled = settle(&mut indexer, Duration::from_secs(30), || {
+        let log = std::fs::read_to_string(&indexer_log).unwrap_or_default();
+        async move {
+            ensure!(log.contains("stalled"), "no stall reported yet");
+            Ok(())
+        }
+    })
+    .await;
+    server.resume()?;
+    stalled?;
+
+    // THEN the stall was reported (above), and changes made after the thaw are indexed
+    let mut conn = server.root_conn().await?;
+    run_transaction(
+        &mut conn,
+        &[format!("UPDATE `{db}`.orders SET remark = '解冻后' WHERE id <= 5")],
+    )
+    .await?;
+    wait_exact(&mut indexer, &mut conn, &es, &db, &prefix, CATCH_UP).await
+}
