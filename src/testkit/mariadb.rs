@@ -146,11 +146,27 @@ impl MariaDbServer {
         let Some(child) = &self.child else {
             bail!("mariadbd is not running")
         };
-        if !process::signal(child.id(), libc::SIGSTOP) {
+        let pid = child.id();
+        if !process::signal(pid, libc::SIGSTOP) {
             bail!("SIGSTOP failed: {}", std::io::Error::last_os_error());
         }
         self.paused = true;
-        Ok(())
+        // Signal delivery is asynchronous: return only once the kernel reports it stopped.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The state is the first field after the parenthesised command name.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
+            if state == Some("T") || state == Some("t") {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("mariadbd (pid {pid}) did not stop within 10 s of SIGSTOP (state {state:?})");
+            }
+            std::thread::yield_now();
+        }
     }
 
     /// Undoes [`pause`](Self::pause) (SIGCONT).
