@@ -80,11 +80,20 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Pip
 
     // Source: resume from the checkpoint, or load first, or start at the current end.
     let resume = store.current().map(|c| c.position.clone());
-    if let Some(r) = &resume {
-        source::check_retention(&info, r)?;
+    let marker = cfg.state.dir.join("initial-load.json");
+    match &resume {
+        Some(r) => {
+            source::check_retention(&info, r)?;
+            snapshot::forget_interrupted(&marker)?;
+        }
+        // An interrupted initial load must be able to replay from where it began.
+        None => {
+            if let Some(first) = snapshot::interrupted(&marker)? {
+                source::check_retention(&info, &first)?;
+            }
+        }
     }
     let source_cfg = cfg.source.clone();
-    let marker = cfg.state.dir.join("initial-load.json");
     let source_shutdown = shutdown.clone();
     tasks.spawn(async move {
         let start = match resume {

@@ -120,7 +120,7 @@ async fn attempt(
         p?
     };
     tracing::info!(%position, "initial load: consistent snapshot taken");
-    let stream_from = match read_marker(marker)? {
+    let stream_from = match interrupted(marker)? {
         Some(first) => {
             tracing::warn!(first = %first, "an earlier initial load was interrupted; streaming will replay from its position");
             first
@@ -152,12 +152,22 @@ async fn attempt(
     Ok(stream_from)
 }
 
-fn read_marker(path: &Path) -> Result<Option<BinlogPosition>, SnapshotError> {
+/// The position an interrupted initial load began at, if one was interrupted.
+pub fn interrupted(path: &Path) -> Result<Option<BinlogPosition>, SnapshotError> {
     match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
             .map_err(|e| SnapshotError::Marker(format!("{} is corrupt: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(SnapshotError::Marker(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// Removes the marker once a checkpoint exists: the load it guarded is complete.
+pub fn forget_interrupted(path: &Path) -> Result<(), SnapshotError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(SnapshotError::Marker(format!("{}: {e}", path.display()))),
     }
 }

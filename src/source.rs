@@ -434,7 +434,7 @@ impl Source {
                 let text = q.query();
                 let word = text.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
                 match word.as_str() {
-                    "BEGIN" | "XA" if !inner || word == "BEGIN" => st.in_txn = true,
+                    "BEGIN" => st.in_txn = true,
                     "COMMIT" | "ROLLBACK" => {
                         st.in_txn = false;
                         self.end_payload(st, &mut out, log_pos, commit);
