@@ -8,8 +8,9 @@ FROM debian:bookworm-20241111-slim
 RUN useradd --system --uid 10001 --home /var/lib/cdc-indexer cdc && mkdir -p /var/lib/cdc-indexer && chown cdc /var/lib/cdc-indexer
 COPY --from=build /src/target/release/cdc-indexer /usr/local/bin/cdc-indexer
 COPY mappings /etc/cdc-indexer/mappings
+COPY dict /etc/cdc-indexer/dict
 COPY cdc-indexer.example.toml /etc/cdc-indexer/cdc-indexer.toml
 USER cdc
 WORKDIR /var/lib/cdc-indexer
-ENV CDC_STATE__DIR=/var/lib/cdc-indexer CDC_TABLES__0__MAPPING=/etc/cdc-indexer/mappings/orders.json CDC_TABLES__1__MAPPING=/etc/cdc-indexer/mappings/event_log.json
+ENV CDC_STATE__DIR=/var/lib/cdc-indexer CDC_TABLES__0__MAPPING=/etc/cdc-indexer/mappings/orders.json CDC_TABLES__1__MAPPING=/etc/cdc-indexer/mappings/event_log.json CDC_SEARCH__USER_DICT=/etc/cdc-indexer/dict/shop.dict
 ENTRYPOINT ["cdc-indexer", "run", "--config", "/etc/cdc-indexer/cdc-indexer.toml"]

@@ -56,6 +56,14 @@ async fn main() -> Result<()> {
             "CDC_TABLES__1__MAPPING".to_string(),
             format!("{manifest}/mappings/event_log.json"),
         ),
+        (
+            "CDC_SEARCH__USER_DICT".to_string(),
+            format!("{manifest}/dict/shop.dict"),
+        ),
+        (
+            "CDC_PHONE_HASH_KEY".to_string(),
+            std::env::var("CDC_PHONE_HASH_KEY").unwrap_or_else(|_| "demo-only-phone-hash-key".into()),
+        ),
     ];
     let cfg = Config::parse(&config_text, "cdc-indexer.example.toml", env)?;
 
@@ -140,7 +148,7 @@ async fn search(es: &EsClient, what: &str, query: Value) -> Result<()> {
         let d = &h["_source"];
         println!(
             "   #{} {} {} {} {} ¥{} {}",
-            d["id"], d["order_no"], d["buyer_name"], d["buyer_phone"], d["status"], d["amount"], d["created_at"]
+            d["id"], d["order_no"], d["buyer_name"], d["buyer_phone_masked"], d["status"], d["amount"], d["created_at"]
         );
     }
     Ok(())

@@ -181,7 +181,10 @@ impl AckTracker {
             if *seq > low {
                 break;
             }
-            safe = self.boundaries.pop_front().map(|(_, b)| b);
+            safe = self.boundaries.pop_front().map(|(_, b)| {
+                crate::metrics::get().acknowledged(&b);
+                b
+            });
         }
         safe
     }
@@ -203,11 +206,13 @@ pub async fn commit_loop(
         };
         let safe = tracker.lock().expect("tracker lock").take_safe();
         if let Some(b) = safe {
-            store.save(Checkpoint {
+            let checkpoint = Checkpoint {
                 position: b.position,
                 source_ts: b.source_ts,
                 written_at: crate::dead_letter::now_secs(),
-            })?;
+            };
+            crate::metrics::get().checkpointed(&checkpoint);
+            store.save(checkpoint)?;
             tracing::debug!(position = %store.current().expect("just saved").position, "checkpoint");
         }
         if stopping {

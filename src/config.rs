@@ -43,8 +43,13 @@ pub struct Config {
     pub state: StateConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Which tables feed which index.
     pub tables: Vec<TableMapping>,
+    /// Customer-service search: the tokenizer's user dictionary and the indexes queried.
+    #[serde(default)]
+    pub search: SearchConfig,
 }
 
 #[derive(Clone, Deserialize)]
@@ -71,6 +76,13 @@ pub struct SourceConfig {
     /// Upper bound for the reconnect backoff, in milliseconds.
     #[serde(default = "defaults::reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// `database.table` the indexer writes a heartbeat row to every second (replication lag
+    /// measured end to end); empty disables it.
+    #[serde(default)]
+    pub heartbeat_table: String,
+    /// Account for the heartbeat writes (needs INSERT/DELETE on the table); default: `url`.
+    #[serde(default)]
+    pub heartbeat_url: String,
 }
 
 impl std::fmt::Debug for SourceConfig {
@@ -81,6 +93,7 @@ impl std::fmt::Debug for SourceConfig {
             .field("time_zone", &self.time_zone)
             .field("heartbeat_ms", &self.heartbeat_ms)
             .field("initial_load", &self.initial_load)
+            .field("heartbeat_table", &self.heartbeat_table)
             .finish_non_exhaustive()
     }
 }
@@ -166,6 +179,33 @@ impl Default for LogConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// `ip:port` to listen on; `""` disables the endpoint.
+    #[serde(default = "defaults::metrics_listen")]
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: defaults::metrics_listen(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The address to serve on, `None` when disabled.
+    pub fn address(&self) -> Option<&str> {
+        (self.enabled && !self.listen.is_empty()).then_some(self.listen.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TableMapping {
     /// Regex matched against the whole `database.table` name, so sharded tables
     /// (`shop\.orders_\d+`) can feed one index.
@@ -189,6 +229,70 @@ pub struct TableMapping {
     /// Rename columns: `{ column = "field" }`.
     #[serde(default)]
     pub rename: std::collections::BTreeMap<String, String>,
+    /// Phone columns: replaced by `<col>_masked`, `<col>_last4` and `<col>_hash` (keyed HMAC);
+    /// the plaintext is never indexed. Needs `phone_hash_key_env` or `phone_hash_key_file`.
+    #[serde(default)]
+    pub phone_columns: Vec<String>,
+    /// Free-text or JSON columns in which any phone number is replaced by its masked form.
+    #[serde(default)]
+    pub scan_columns: Vec<String>,
+    /// Environment variable holding the phone hash key (at least 16 bytes).
+    #[serde(default)]
+    pub phone_hash_key_env: Option<String>,
+    /// File holding the phone hash key (trailing whitespace ignored; at least 16 bytes).
+    #[serde(default)]
+    pub phone_hash_key_file: Option<PathBuf>,
+    /// Version label of the key, written to `<col>_hash_key_id` (1–32 of `A-Za-z0-9_-`).
+    #[serde(default)]
+    pub phone_hash_key_id: Option<String>,
+    /// In `scan_columns`, also mask landlines with an area code (`0571-****6666`).
+    #[serde(default)]
+    pub mask_landlines: bool,
+    /// In `scan_columns`, also mask 18-digit resident ID numbers (last 4 kept).
+    #[serde(default)]
+    pub mask_id_numbers: bool,
+    /// In `scan_columns`, also mask e-mail local parts (`z***@example.com`).
+    #[serde(default)]
+    pub mask_emails: bool,
+    /// Fields (or dotted paths into JSON, `items.title`) that get `<field>_tokens`: jieba
+    /// search-mode words joined by spaces, for a `whitespace`-analyzed field.
+    #[serde(default)]
+    pub token_fields: Vec<String>,
+    /// Fields that get `<field>_pinyin` (`zhang san`) and `<field>_initials` (`zs`).
+    #[serde(default)]
+    pub pinyin_fields: Vec<String>,
+    /// The key read from `phone_hash_key_env` / `phone_hash_key_file` by [`Config::parse`].
+    #[serde(skip)]
+    pub phone_hash_key: Option<crate::mask::HashKey>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConfig {
+    /// jieba user dictionary (`word [frequency] [tag]` per line), loaded once at start by the
+    /// indexer (for `token_fields`) and by `cdc-indexer search` (for query text).
+    #[serde(default)]
+    pub user_dict: Option<PathBuf>,
+    /// Alias of the orders index `cdc-indexer search` queries.
+    #[serde(default = "defaults::orders_index")]
+    pub orders_index: String,
+    /// Alias of the event index holding each order's timeline (field `order_id`).
+    #[serde(default = "defaults::events_index")]
+    pub events_index: String,
+    /// Fields whose `_tokens` Chinese query text is matched against.
+    #[serde(default = "defaults::text_fields")]
+    pub text_fields: Vec<String>,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            user_dict: None,
+            orders_index: defaults::orders_index(),
+            events_index: defaults::events_index(),
+            text_fields: defaults::text_fields(),
+        }
+    }
 }
 
 mod defaults {
@@ -244,6 +348,18 @@ mod defaults {
     pub fn log_format() -> String {
         "text".into()
     }
+    pub fn orders_index() -> String {
+        "orders".into()
+    }
+    pub fn events_index() -> String {
+        "event_log".into()
+    }
+    pub fn text_fields() -> Vec<String> {
+        vec!["buyer_name".into(), "address".into()]
+    }
+    pub fn metrics_listen() -> String {
+        "127.0.0.1:9187".into()
+    }
 }
 
 impl Config {
@@ -266,14 +382,16 @@ impl Config {
             path: origin.into(),
             source,
         })?;
-        for (var, value) in env {
-            apply_override(&mut tree, &var, &value)?;
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        for (var, value) in &env {
+            apply_override(&mut tree, var, value)?;
         }
-        let config: Config = toml::Table::try_into(tree).map_err(|source| ConfigError::Parse {
+        let mut config: Config = toml::Table::try_into(tree).map_err(|source| ConfigError::Parse {
             path: format!("{origin} (with environment overrides)"),
             source,
         })?;
         config.validate()?;
+        config.read_phone_hash_keys(&env)?;
         Ok(config)
     }
 
@@ -322,8 +440,39 @@ impl Config {
         if self.sink.queue_capacity == 0 {
             return Err(invalid("sink.queue_capacity", "must be at least 1"));
         }
+        if !self.source.heartbeat_table.is_empty()
+            && crate::heartbeat::HeartbeatTable::parse(&self.source.heartbeat_table).is_none()
+        {
+            return Err(invalid(
+                "source.heartbeat_table",
+                "must be `database.table` with plain identifiers (letters, digits, _ and $), or \"\" to disable",
+            ));
+        }
+        if !self.source.heartbeat_url.is_empty() && !self.source.heartbeat_url.starts_with("mysql://") {
+            return Err(invalid(
+                "source.heartbeat_url",
+                "must be a mysql:// URL, or \"\" to use source.url",
+            ));
+        }
+        if let Some(addr) = self.metrics.address() {
+            addr.parse::<std::net::SocketAddr>().map_err(|_| {
+                invalid(
+                    "metrics.listen",
+                    "must be ip:port like 127.0.0.1:9187, or \"\" to disable the endpoint",
+                )
+            })?;
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid("log.format", "must be \"text\" or \"json\""));
+        }
+        if self.search.orders_index.is_empty() || self.search.events_index.is_empty() {
+            return Err(invalid(
+                "search.orders_index",
+                "orders_index and events_index must name index aliases",
+            ));
+        }
+        if self.search.text_fields.iter().any(String::is_empty) {
+            return Err(invalid("search.text_fields", "field names must be non-empty"));
         }
         if self.tables.is_empty() {
             return Err(invalid("tables", "at least one table mapping is required"));
@@ -346,6 +495,45 @@ impl Config {
             if !t.include.is_empty() && !t.exclude.is_empty() {
                 return Err(invalid(key("include"), "use either include or exclude, not both"));
             }
+            t.validate_search_fields(&key)?;
+        }
+        Ok(())
+    }
+
+    /// Reads each table's phone hash key from its environment variable (looked up in `env`,
+    /// the same variables the overrides came from) or file. Never puts the key in an error.
+    fn read_phone_hash_keys(&mut self, env: &[(String, String)]) -> Result<(), ConfigError> {
+        for (i, t) in self.tables.iter_mut().enumerate() {
+            if t.phone_columns.is_empty() {
+                continue;
+            }
+            let (k, bytes) = if let Some(var) = &t.phone_hash_key_env {
+                let k = format!("tables[{i}].phone_hash_key_env");
+                match env.iter().rev().find(|(v, _)| v == var) {
+                    Some((_, value)) if !value.is_empty() => (k, value.as_bytes().to_vec()),
+                    _ => return Err(invalid(k, format!("environment variable {var} is not set or empty"))),
+                }
+            } else if let Some(path) = &t.phone_hash_key_file {
+                let k = format!("tables[{i}].phone_hash_key_file");
+                let mut bytes =
+                    std::fs::read(path).map_err(|e| invalid(&k, format!("cannot read {}: {e}", path.display())))?;
+                while bytes.last().is_some_and(u8::is_ascii_whitespace) {
+                    bytes.pop();
+                }
+                (k, bytes)
+            } else {
+                unreachable!("validate() requires a key source when phone_columns is set")
+            };
+            if bytes.len() < crate::mask::HashKey::MIN_LEN {
+                return Err(invalid(
+                    k,
+                    format!(
+                        "the phone hash key must be at least {} bytes",
+                        crate::mask::HashKey::MIN_LEN
+                    ),
+                ));
+            }
+            t.phone_hash_key = Some(crate::mask::HashKey::new(&bytes, t.phone_hash_key_id.clone()));
         }
         Ok(())
     }
@@ -356,6 +544,89 @@ impl Config {
 
     pub fn dead_letter_path(&self) -> PathBuf {
         self.state.dir.join("dead-letter.jsonl")
+    }
+}
+
+impl TableMapping {
+    /// Checks the masking and search keys; `key` names a key of this table in errors.
+    fn validate_search_fields(&self, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        let lists: [(&str, &Vec<String>); 4] = [
+            ("phone_columns", &self.phone_columns),
+            ("scan_columns", &self.scan_columns),
+            ("token_fields", &self.token_fields),
+            ("pinyin_fields", &self.pinyin_fields),
+        ];
+        for (name, list) in lists {
+            if list
+                .iter()
+                .any(|c| c.is_empty() || c.starts_with('.') || c.ends_with('.'))
+            {
+                return Err(invalid(
+                    key(name),
+                    "names must be non-empty (dotted paths: no empty segment)",
+                ));
+            }
+        }
+        if let Some(c) = self
+            .pinyin_fields
+            .iter()
+            .chain(&self.phone_columns)
+            .find(|c| c.contains('.'))
+        {
+            return Err(invalid(
+                key("pinyin_fields"),
+                format!("`{c}`: phone columns and pinyin fields are top-level fields, not paths"),
+            ));
+        }
+        let field = |c: &String| self.rename.get(c).unwrap_or(c).clone();
+        let phones: Vec<String> = self.phone_columns.iter().map(field).collect();
+        if let Some(c) = self.id_columns.iter().find(|c| self.phone_columns.contains(c)) {
+            return Err(invalid(
+                key("id_columns"),
+                format!("`{c}` is a phone column: a document _id would carry the plaintext number"),
+            ));
+        }
+        if let Some(f) = self
+            .token_fields
+            .iter()
+            .chain(&self.pinyin_fields)
+            .find(|f| phones.contains(&f.split('.').next().unwrap_or_default().to_string()))
+        {
+            return Err(invalid(
+                key("token_fields"),
+                format!("`{f}` is a phone column, which is removed before tokens or pinyin are made"),
+            ));
+        }
+        match (&self.phone_hash_key_env, &self.phone_hash_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    key("phone_hash_key_env"),
+                    "set either phone_hash_key_env or phone_hash_key_file, not both",
+                ))
+            }
+            (None, None) if !self.phone_columns.is_empty() => {
+                return Err(invalid(
+                    key("phone_hash_key_env"),
+                    "phone_columns needs a hash key: set phone_hash_key_env (e.g. \"CDC_PHONE_HASH_KEY\") or phone_hash_key_file",
+                ))
+            }
+            (Some(var), _) if var.is_empty() => {
+                return Err(invalid(key("phone_hash_key_env"), "must name an environment variable"))
+            }
+            _ => {}
+        }
+        if let Some(id) = &self.phone_hash_key_id {
+            if id.is_empty()
+                || id.len() > 32
+                || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(invalid(
+                    key("phone_hash_key_id"),
+                    "must be 1 to 32 characters of A-Z a-z 0-9 _ -",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -542,6 +813,97 @@ mod tests {
         let text = MINIMAL.replace("[sink]", "[sink]\nbatch_max_dcos = 5");
         let e = Config::parse(&text, "t", env(&[])).unwrap_err().to_string();
         assert!(e.contains("batch_max_dcos"), "{e}");
+    }
+
+    #[test]
+    fn metrics_and_heartbeat_keys_are_validated() {
+        let c = Config::parse(MINIMAL, "t", env(&[])).unwrap();
+        assert_eq!(c.metrics.address(), Some("127.0.0.1:9187"));
+        assert!(c.source.heartbeat_table.is_empty());
+        let c = Config::parse(MINIMAL, "t", env(&[("CDC_METRICS__LISTEN", "")])).unwrap();
+        assert_eq!(c.metrics.address(), None);
+        let c = Config::parse(MINIMAL, "t", env(&[("CDC_METRICS__ENABLED", "false")])).unwrap();
+        assert_eq!(c.metrics.address(), None);
+        let e = Config::parse(MINIMAL, "t", env(&[("CDC_METRICS__LISTEN", "localhost")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metrics.listen"), "{e}");
+        let e = Config::parse(MINIMAL, "t", env(&[("CDC_SOURCE__HEARTBEAT_TABLE", "heartbeat")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("source.heartbeat_table"), "{e}");
+        let text = format!("{MINIMAL}\n[metrics]\nlisen = \"x\"\n");
+        let e = Config::parse(&text, "t", env(&[])).unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn masking_keys_are_validated_and_the_key_is_read_but_never_shown() {
+        let with = |extra: &str| {
+            MINIMAL.replace(
+                "mapping = \"mappings/orders.json\"",
+                &format!("mapping = \"m\"\n{extra}"),
+            )
+        };
+        let phone = "phone_columns = [\"buyer_phone\"]\nphone_hash_key_env = \"CDC_PHONE_HASH_KEY\"\n";
+        let e = Config::parse(&with(phone), "t", env(&[])).unwrap_err().to_string();
+        assert!(
+            e.contains("tables[0].phone_hash_key_env") && e.contains("CDC_PHONE_HASH_KEY is not set"),
+            "{e}"
+        );
+        let e = Config::parse(&with(phone), "t", env(&[("CDC_PHONE_HASH_KEY", "short")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 16 bytes") && !e.contains("short"), "{e}");
+        let c = Config::parse(
+            &with(phone),
+            "t",
+            env(&[("CDC_PHONE_HASH_KEY", "a-long-enough-secret")]),
+        )
+        .unwrap();
+        assert!(c.tables[0].phone_hash_key.is_some());
+        assert!(!format!("{c:?}").contains("a-long-enough-secret"));
+        let e = Config::parse(&with("phone_columns = [\"buyer_phone\"]"), "t", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tables[0].phone_hash_key_env") && e.contains("needs a hash key"),
+            "{e}"
+        );
+        let e = Config::parse(&with(&format!("{phone}id_columns = [\"buyer_phone\"]")), "t", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tables[0].id_columns"), "{e}");
+        let e = Config::parse(
+            &with(&format!("{phone}token_fields = [\"buyer_phone\"]")),
+            "t",
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tables[0].token_fields"), "{e}");
+        let e = Config::parse(&with("token_fields = [\"items.\"]"), "t", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tables[0].token_fields"), "{e}");
+        let e = Config::parse(&with("scan_colums = [\"remark\"]"), "t", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("scan_colums"), "{e}");
+        let key_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(key_file.path(), "0123456789abcdef\n").unwrap();
+        let text = with(&format!(
+            "phone_columns = [\"buyer_phone\"]\nphone_hash_key_file = \"{}\"\nphone_hash_key_id = \"k1\"",
+            key_file.path().display()
+        ));
+        let c = Config::parse(&text, "t", env(&[])).unwrap();
+        let key = c.tables[0].phone_hash_key.as_ref().unwrap();
+        assert_eq!(key.id(), Some("k1"));
+        assert_eq!(
+            key.hash("x"),
+            crate::mask::HashKey::new(b"0123456789abcdef", None).hash("x")
+        );
+        assert_eq!(c.search.orders_index, "orders");
     }
 
     #[test]

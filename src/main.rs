@@ -24,6 +24,13 @@ enum Command {
         #[arg(long, short, default_value = "cdc-indexer.toml")]
         config: PathBuf,
     },
+    /// Inspect or replay the dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+        #[arg(long, short, default_value = "cdc-indexer.toml", global = true)]
+        config: PathBuf,
+    },
     /// Show the checkpoint, the server position and the lag.
     Status {
         #[arg(long, short, default_value = "cdc-indexer.toml")]
@@ -32,6 +39,101 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Customer-service search: name, last 4 phone digits, date, phone, order number, address.
+    Search {
+        /// Free text, e.g. "张三 5678 20260125", "+86 138-1234-5678", "文三路".
+        text: String,
+        #[arg(long, short, default_value = "cdc-indexer.toml")]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Most orders to show.
+        #[arg(long, default_value_t = 20)]
+        size: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// List dead-lettered changes.
+    List {
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-send dead-lettered documents (after fixing the cause); what succeeds leaves the file.
+    Replay {
+        /// Only report what would be replayed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+async fn dlq(config: &std::path::Path, action: DlqAction) -> ExitCode {
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let path = cfg.dead_letter_path();
+    match action {
+        DlqAction::List { json } => match cdc_indexer::dead_letter::read_all(&path) {
+            Ok(records) => {
+                for r in &records {
+                    if json {
+                        println!("{}", serde_json::to_string(r).expect("json"));
+                    } else {
+                        let reason: String = r.reason.chars().take(100).collect();
+                        println!(
+                            "{}\t{}\t{}\t{}\t{}\tv{}\t{}\t{reason}",
+                            r.at,
+                            r.table,
+                            r.index,
+                            r.id.as_deref().unwrap_or("-"),
+                            r.op,
+                            r.version,
+                            r.status.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                        );
+                    }
+                }
+                if !json {
+                    eprintln!("{} dead-lettered change(s) in {}", records.len(), path.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        },
+        DlqAction::Replay { dry_run } => {
+            let client = match cdc_indexer::sink::client(&cfg.sink) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let timeout = std::time::Duration::from_millis(cfg.sink.request_timeout_ms);
+            match cdc_indexer::dead_letter::replay(&client, timeout, &path, dry_run).await {
+                Ok(r) => {
+                    println!(
+                        "written {}, stale {}, still failing {}, need a repair from the database {}",
+                        r.written, r.stale, r.kept, r.need_repair
+                    );
+                    if r.kept + r.need_repair > 0 {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -67,6 +169,12 @@ async fn main() -> ExitCode {
             };
             init_logging(&cfg);
             tracing::info!(config = ?cfg, "starting");
+            if let Some(addr) = cfg.metrics.address() {
+                if let Err(e) = cdc_indexer::health::start(addr).await {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 wait_for_signal().await;
@@ -85,6 +193,13 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Dlq { action, config } => dlq(&config, action).await,
+        Command::Search {
+            text,
+            config,
+            json,
+            size,
+        } => search(&config, &text, json, size).await,
         Command::Status { config, json } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
@@ -104,6 +219,41 @@ async fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `cdc-indexer search`; the input is never logged or echoed (it may hold a phone number).
+async fn search(config: &std::path::Path, text: &str, json: bool, size: usize) -> ExitCode {
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let searcher = cdc_indexer::tokenize::Tokenizer::load(cfg.search.user_dict.as_deref())
+        .map_err(|e| e.to_string())
+        .and_then(|t| {
+            let client = cdc_indexer::sink::client(&cfg.sink).map_err(|e| e.to_string())?;
+            cdc_indexer::search::Searcher::new(client, &cfg, std::sync::Arc::new(t)).map_err(|e| e.to_string())
+        });
+    let searcher = match searcher {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match searcher.search(text, size).await {
+        Ok(r) if json => {
+            println!("{}", serde_json::to_string_pretty(&r).expect("json"));
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            print!("{}", cdc_indexer::search::render(&r, searcher.builder().phone_fields()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

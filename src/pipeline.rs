@@ -15,12 +15,14 @@ use crate::change::SourceEvent;
 use crate::checkpoint::{commit_loop, Boundary, CheckpointError, CheckpointStore};
 use crate::config::Config;
 use crate::dead_letter::{now_secs, DeadLetter, DeadLetters};
+use crate::heartbeat::{self, HeartbeatTable};
 use crate::indexes::{self, IndexError};
-use crate::retry;
+use crate::metrics::{self, ProbeKind};
 use crate::sink::{self, Shared, Sink, SinkError};
 use crate::snapshot::{self, SnapshotError};
 use crate::source::{self, Source, SourceError};
 use crate::transform::{Mapping, Router};
+use crate::{binlog_watch, retry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -36,6 +38,8 @@ pub enum PipelineError {
     Checkpoint(#[from] CheckpointError),
     #[error("cannot open the dead-letter file {path}: {source}")]
     DeadLetter { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenize::TokenizerError),
     #[error("internal task failure: {0}")]
     Task(String),
 }
@@ -47,6 +51,9 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Pip
         path: cfg.dead_letter_path().display().to_string(),
         source,
     })?;
+    if let Some(c) = store.current() {
+        metrics::get().checkpointed(c);
+    }
     let client = sink::client(&cfg.sink)?;
     let checkpoint_path = cfg.checkpoint_path();
     let patience = Duration::from_millis(cfg.source.reconnect_max_ms);
@@ -68,15 +75,57 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Pip
     )
     .await?;
     tracing::info!(server = %info.version, position = %info.position, "source checked");
+    // Monitoring helpers: they never fail the pipeline and are stopped when it returns.
+    let mut helpers = vec![tokio::spawn(binlog_watch::run(
+        cfg.source.url.clone(),
+        info.mariadb,
+        shutdown.clone(),
+    ))];
+    let heartbeat = HeartbeatTable::parse(&cfg.source.heartbeat_table);
+    if let Some(table) = &heartbeat {
+        metrics::get().enable_heartbeat();
+        let url = match cfg.source.heartbeat_url.as_str() {
+            "" => cfg.source.url.clone(),
+            u => u.to_string(),
+        };
+        helpers.push(tokio::spawn(heartbeat::write_loop(
+            url,
+            table.clone(),
+            cfg.source.server_id,
+            shutdown.clone(),
+        )));
+    }
 
     let zone = cfg.source.offset();
-    let router = Router::new(cfg.tables.iter().map(|t| Mapping::new(t, zone)).collect());
+    // One jieba instance (≈150 ms, ≈32 MB) shared by every mapping, built only if needed.
+    let tokenizer = match crate::transform::needs_tokenizer(&cfg.tables) {
+        true => Some(Arc::new(crate::tokenize::Tokenizer::load(
+            cfg.search.user_dict.as_deref(),
+        )?)),
+        false => None,
+    };
+    let router = Router::new(
+        cfg.tables
+            .iter()
+            .map(|t| Mapping::new(t, zone, tokenizer.as_ref()))
+            .collect(),
+    );
     let filter = Arc::new(router.table_filter());
 
     let shared = Shared::new(dead_letters);
     let mut tasks: JoinSet<Result<(), PipelineError>> = JoinSet::new();
     let sink = Sink::start(client, &cfg.sink, shared.clone(), &mut tasks);
     let (tx, rx) = mpsc::channel::<SourceEvent>(cfg.sink.queue_capacity);
+    let queue = tx.downgrade();
+    metrics::get().probe(ProbeKind::SourceQueue, move || {
+        queue.upgrade().map_or(0, |t| t.max_capacity() - t.capacity())
+    });
+    let tracked = Arc::downgrade(&shared);
+    metrics::get().probe(ProbeKind::Unacked, move || {
+        tracked
+            .upgrade()
+            .map_or(0, |s| s.tracker.lock().expect("tracker lock").in_flight())
+    });
 
     // Source: resume from the checkpoint, or load first, or start at the current end.
     let resume = store.current().map(|c| c.position.clone());
@@ -95,6 +144,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Pip
     }
     let source_cfg = cfg.source.clone();
     let source_shutdown = shutdown.clone();
+    let heartbeat_name = heartbeat.as_ref().map(HeartbeatTable::qualified_name);
     tasks.spawn(async move {
         let start = match resume {
             Some(r) => r,
@@ -122,13 +172,21 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Pip
             }
         };
         let f = filter.clone();
-        Source::new(source_cfg, info, start, Box::new(move |n: &str| f(n)))
-            .run(tx, source_shutdown)
-            .await?;
+        // The heartbeat table is read too: the transform consumes its rows.
+        let hb = heartbeat_name;
+        Source::new(
+            source_cfg,
+            info,
+            start,
+            Box::new(move |n: &str| f(n) || hb.as_deref() == Some(n)),
+        )
+        .run(tx, source_shutdown)
+        .await?;
         Ok(())
     });
 
-    tasks.spawn(transform_loop(rx, router, sink));
+    let beat = heartbeat.map(|t| (t, cfg.source.server_id));
+    tasks.spawn(transform_loop(rx, router, sink, beat));
 
     let (stop_commit, stop_rx) = watch::channel(false);
     let committer = {
@@ -157,6 +215,9 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Pip
     }
     let _ = stop_commit.send(true);
     committer.await.map_err(|e| PipelineError::Task(e.to_string()))??;
+    for h in helpers {
+        h.abort();
+    }
     result
 }
 
@@ -165,13 +226,21 @@ async fn transform_loop(
     mut rx: mpsc::Receiver<SourceEvent>,
     mut router: Router,
     sink: Sink,
+    heartbeat: Option<(HeartbeatTable, u32)>,
 ) -> Result<(), PipelineError> {
+    // Our heartbeat in the current transaction, tied to its boundary when that arrives.
+    let mut beat: Option<u64> = None;
     while let Some(event) = rx.recv().await {
         match event {
             SourceEvent::Change(change) => {
+                if let Some(reading) = heartbeat.as_ref().and_then(|(t, id)| t.reading(&change, *id)) {
+                    beat = beat.max(reading);
+                    continue;
+                }
                 let Some(mapping) = router.route(&change.table) else {
                     continue;
                 };
+                metrics::get().change_read(&change.table.qualified_name(), change.op);
                 match mapping.apply(&change) {
                     Ok(ops) => {
                         for op in ops {
@@ -195,7 +264,12 @@ async fn transform_loop(
                     }
                 }
             }
-            SourceEvent::Commit { position, source_ts } => sink.boundary(Boundary { position, source_ts }),
+            SourceEvent::Commit { position, source_ts } => {
+                if let Some(ts_ms) = beat.take() {
+                    metrics::get().heartbeat_read(&position, ts_ms);
+                }
+                sink.boundary(Boundary { position, source_ts })
+            }
         }
     }
     Ok(())

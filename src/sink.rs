@@ -86,6 +86,7 @@ impl Shared {
             t.ack(s);
         }
         drop(t);
+        crate::metrics::get().acked();
         self.acked.notify_one();
     }
 
@@ -96,6 +97,9 @@ impl Shared {
             path: d.path().display().to_string(),
             source,
         })?;
+        for r in records {
+            crate::metrics::get().change_dead_lettered(r.table, r.op);
+        }
         if !records.is_empty() {
             tracing::warn!(count = records.len(), file = %d.path().display(), reason = records[0].reason, "dead-lettered changes");
         }
@@ -212,7 +216,9 @@ impl Lane {
                     bulk::encode(&mut buf, op);
                 }
                 let started = Instant::now();
+                let timer = crate::metrics::get().bulk_started(pending.len(), buf.len());
                 let outcome = self.post(buf.freeze(), pending.len()).await;
+                drop(timer);
                 tracing::debug!(
                     lane = self.no,
                     docs = pending.len(),
@@ -223,6 +229,7 @@ impl Lane {
                     BulkOutcome::Items(items) => {
                         pending = self.resolve(pending, items)?;
                         if !pending.is_empty() {
+                            crate::metrics::get().bulk_retry();
                             let delay = backoff.next().unwrap_or(Duration::from_secs(1));
                             tracing::warn!(
                                 lane = self.no,
@@ -235,6 +242,7 @@ impl Lane {
                         }
                     }
                     BulkOutcome::RetryAll { reason, retry_after } => {
+                        crate::metrics::get().bulk_retry();
                         let delay = backoff
                             .next()
                             .unwrap_or(Duration::from_secs(1))
@@ -265,35 +273,13 @@ impl Lane {
     }
 
     async fn post(&self, body: bytes::Bytes, n_ops: usize) -> BulkOutcome {
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
-        let timeout = Some(Duration::from_millis(self.cfg.request_timeout_ms));
-        let resp = match self
-            .client
-            .send(Method::Post, "/_bulk", headers, Some(bulk::QUERY), Some(body), timeout)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                return BulkOutcome::RetryAll {
-                    reason: format!("request failed: {e}"),
-                    retry_after: None,
-                }
-            }
-        };
-        let status = resp.status_code().as_u16();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        match resp.bytes().await {
-            Ok(body) => bulk::classify(status, retry_after.as_deref(), &body, n_ops),
-            Err(e) => BulkOutcome::RetryAll {
-                reason: format!("reading the response failed: {e}"),
-                retry_after: None,
-            },
-        }
+        post_bulk(
+            &self.client,
+            Duration::from_millis(self.cfg.request_timeout_ms),
+            body,
+            n_ops,
+        )
+        .await
     }
 
     /// Applies per-item outcomes; returns the operations to send again.
@@ -312,15 +298,24 @@ impl Lane {
         let mut retry_idx = Vec::new();
         for (i, ((seq, op), item)) in pending.iter().zip(items).enumerate() {
             match item {
-                ItemOutcome::Done | ItemOutcome::Stale => acked.push(*seq),
+                ItemOutcome::Done | ItemOutcome::Stale => {
+                    crate::metrics::get().change_indexed(&op.table, op.op);
+                    acked.push(*seq)
+                }
                 ItemOutcome::Retry { .. }
                     if written
                         .get(&(&*op.index, op.id.as_str()))
                         .is_some_and(|v| *v > op.version.0) =>
                 {
+                    crate::metrics::get().change_indexed(&op.table, op.op);
                     acked.push(*seq)
                 }
-                ItemOutcome::Retry { .. } => retry_idx.push(i),
+                ItemOutcome::Retry { status, .. } => {
+                    if status == 429 {
+                        crate::metrics::get().bulk_throttled(1);
+                    }
+                    retry_idx.push(i)
+                }
                 ItemOutcome::DeadLetter { status, reason } => dead.push((i, status, reason)),
                 ItemOutcome::Fatal { status, reason } => {
                     return Err(SinkError::Fatal(format!(
@@ -373,5 +368,44 @@ impl Lane {
             })
             .collect();
         self.shared.dead_letter(&records)
+    }
+}
+
+/// Sends one `_bulk` request of `n_ops` operations and classifies the answer; transport errors
+/// become [`BulkOutcome::RetryAll`].
+pub async fn post_bulk(client: &Elasticsearch, timeout: Duration, body: bytes::Bytes, n_ops: usize) -> BulkOutcome {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    let resp = match client
+        .send(
+            Method::Post,
+            "/_bulk",
+            headers,
+            Some(bulk::QUERY),
+            Some(body),
+            Some(timeout),
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            return BulkOutcome::RetryAll {
+                reason: format!("request failed: {e}"),
+                retry_after: None,
+            }
+        }
+    };
+    let status = resp.status_code().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    match resp.bytes().await {
+        Ok(body) => bulk::classify(status, retry_after.as_deref(), &body, n_ops),
+        Err(e) => BulkOutcome::RetryAll {
+            reason: format!("reading the response failed: {e}"),
+            retry_after: None,
+        },
     }
 }

@@ -296,6 +296,7 @@ impl Source {
             match result {
                 Ok(()) => return Ok(()), // the pipeline hung up
                 Err(e) if e.is_transient() => {
+                    crate::metrics::get().source_connected(false);
                     let delay = backoff.next().unwrap_or(Duration::from_secs(1));
                     tracing::warn!(error = %e, resume = %self.resume, delay_ms = delay.as_millis() as u64, "binlog stream interrupted; reconnecting");
                     tokio::select! {
@@ -337,6 +338,7 @@ impl Source {
             .await
             .map_err(|_| SourceError::Stalled(SETUP_TIMEOUT))??;
         tracing::info!(position = %self.resume, "streaming binlog");
+        crate::metrics::get().source_connected(true);
 
         let file_seq = file_sequence(&self.resume.file)?;
         let mut st = StreamState {
@@ -357,7 +359,9 @@ impl Source {
                 Ok(None) => return Err(SourceError::Ended),
                 Ok(Some(e)) => e?,
             };
-            for out in self.handle(&mut st, &mut decoder, &event)? {
+            let outs = self.handle(&mut st, &mut decoder, &event)?;
+            crate::metrics::get().source_read(st.file_seq, event.header().log_pos() as u64);
+            for out in outs {
                 if let SourceEvent::Commit { position, .. } = &out {
                     self.resume = position.clone();
                 }

@@ -22,7 +22,9 @@ use serde_json::{Map, Number, Value as Json};
 
 use crate::change::{DocAction, DocOp, RowChange, RowOp};
 use crate::config::TableMapping;
+use crate::mask::{Masker, PhoneColumns, Rules, ScanColumns};
 use crate::schema::TableSchema;
+use crate::tokenize::{PinyinFields, TokenFields, Tokenizer};
 use crate::value::Value;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -82,15 +84,47 @@ pub struct Mapping {
 }
 
 impl Mapping {
-    pub fn new(cfg: &TableMapping, zone: FixedOffset) -> Self {
+    /// Compiles a table mapping. Transforms run in this order: JSON columns are parsed, then
+    /// phone columns and free text are masked, and only then are tokens and pinyin made, so
+    /// derived fields never see a plaintext number. `tokenizer` must be given when the table
+    /// has `token_fields` (see [`needs_tokenizer`]).
+    pub fn new(cfg: &TableMapping, zone: FixedOffset, tokenizer: Option<&Arc<Tokenizer>>) -> Self {
         let mut transforms: Vec<Box<dyn FieldTransform>> = Vec::new();
+        let field = |c: &String| cfg.rename.get(c).unwrap_or(c).clone();
         if !cfg.json_columns.is_empty() {
-            let fields = cfg
-                .json_columns
-                .iter()
-                .map(|c| cfg.rename.get(c).unwrap_or(c).clone())
-                .collect();
+            let fields = cfg.json_columns.iter().map(field).collect();
             transforms.push(Box::new(ParseJson { fields }));
+        }
+        if !cfg.phone_columns.is_empty() {
+            transforms.push(Box::new(PhoneColumns {
+                fields: cfg.phone_columns.iter().map(field).collect(),
+                key: cfg
+                    .phone_hash_key
+                    .clone()
+                    .expect("Config::parse reads the key of every table with phone columns"),
+            }));
+        }
+        if !cfg.scan_columns.is_empty() {
+            transforms.push(Box::new(ScanColumns {
+                fields: cfg.scan_columns.iter().map(field).collect(),
+                masker: Masker::new(Rules {
+                    landlines: cfg.mask_landlines,
+                    id_numbers: cfg.mask_id_numbers,
+                    emails: cfg.mask_emails,
+                }),
+            }));
+        }
+        if !cfg.token_fields.is_empty() {
+            let tokenizer = tokenizer
+                .expect("a tokenizer is built when a table has token_fields")
+                .clone();
+            let paths: Vec<String> = cfg.token_fields.iter().map(field).collect();
+            transforms.push(Box::new(TokenFields::new(tokenizer, &paths)));
+        }
+        if !cfg.pinyin_fields.is_empty() {
+            transforms.push(Box::new(PinyinFields {
+                fields: cfg.pinyin_fields.iter().map(field).collect(),
+            }));
         }
         Mapping {
             index: Arc::from(cfg.index.as_str()),
@@ -220,6 +254,11 @@ impl Mapping {
         }
         Ok(Json::Object(doc).to_string())
     }
+}
+
+/// Whether any table needs the (expensive to build) jieba [`Tokenizer`].
+pub fn needs_tokenizer(tables: &[TableMapping]) -> bool {
+    tables.iter().any(|t| !t.token_fields.is_empty())
 }
 
 /// Picks the mapping for a table (the first whose `source` regex matches), cached per table.
@@ -427,7 +466,7 @@ mod tests {
             "source = 'shop\\.orders(_\\d+)?'\nindex = \"orders\"\nmapping = \"m.json\"\njson_columns = [\"items\"]\n{extra}"
         ))
         .unwrap();
-        Mapping::new(&cfg, FixedOffset::east_opt(8 * 3600).unwrap())
+        Mapping::new(&cfg, FixedOffset::east_opt(8 * 3600).unwrap(), None)
     }
 
     fn text(s: &str) -> Value {
@@ -527,6 +566,26 @@ mod tests {
             m.apply(&change(RowOp::Insert, None, Some(r))),
             Err(TransformError::NullKey { .. })
         ));
+    }
+
+    #[test]
+    fn errors_never_carry_values() {
+        // A phone inside an unparsable JSON column: the error (dead-lettered, logged) must
+        // name the column and the problem, never the text.
+        let m = mapping("");
+        for bad in [
+            "{\"phone\": \"13812345678\" \"x\"}",
+            "[13812345678,",
+            "{\"13812345678\"}",
+        ] {
+            let mut r = row(1, "a");
+            r[4] = text(bad);
+            let e = m.apply(&change(RowOp::Insert, None, Some(r))).unwrap_err().to_string();
+            assert!(
+                e.contains("`items`") && !e.contains("13812345678") && !e.contains("5678"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -32,7 +32,10 @@ fn iso(t: chrono::NaiveDateTime) -> String {
 /// The document the indexer is expected to write for an `orders` row.
 fn order_doc(o: &Order) -> Value {
     json!({
-        "id": o.id, "order_no": o.order_no, "buyer_name": o.buyer_name, "buyer_phone": o.buyer_phone,
+        "id": o.id, "order_no": o.order_no, "buyer_name": o.buyer_name,
+        // Phone columns are indexed masked and hashed only (src/mask.rs).
+        "buyer_phone_masked": cdc_indexer::mask::mask_mobile(&o.buyer_phone), "buyer_phone_last4": o.buyer_phone[7..],
+        "buyer_phone_hash": cdc_indexer::mask::HashKey::new(b"smoke-test-key-0123", None).hash(&o.buyer_phone),
         "address": o.address, "amount": o.amount, "status": o.status, "created_at": iso(o.created_at),
         "paid_at": o.paid_at.map(iso), "shipped_at": o.shipped_at.map(iso), "updated_at": iso(o.updated_at),
         "remark": o.remark, "items": o.items,

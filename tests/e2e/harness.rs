@@ -41,27 +41,43 @@ retry_max_ms = 2000
 [state]
 dir = "{state}"
 
+[search]
+user_dict = "{user_dict}"
+
 [log]
 level = "info,cdc_indexer=debug"
+
+# Any free port: parallel indexers must not collide on the default one.
+[metrics]
+listen = "127.0.0.1:0"
 
 [[tables]]
 source = '{db}\.orders'
 index = "{prefix}orders"
 mapping = "{orders}"
 json_columns = ["items"]
+phone_columns = ["buyer_phone"]
+phone_hash_key_file = "{key_file}"
+scan_columns = ["address", "remark", "items"]
+token_fields = ["buyer_name", "address", "remark", "items.title"]
+pinyin_fields = ["buyer_name"]
 
 [[tables]]
 source = '{db}\.event_log'
 index = "{prefix}event_log"
 mapping = "{events}"
 json_columns = ["payload"]
+scan_columns = ["payload"]
 {extra_tables}
 "#,
             server_id = 1000 + (std::process::id() % 1000) * 50 + next_id(),
             state = dir.path().join("state").display(),
             orders = mappings.join("orders.json").display(),
             events = mappings.join("event_log.json").display(),
+            user_dict = user_dict().display(),
+            key_file = dir.path().join("phone-hash.key").display(),
         );
+        std::fs::write(dir.path().join("phone-hash.key"), format!("{PHONE_HASH_KEY}\n"))?;
         std::fs::write(dir.path().join("cdc-indexer.toml"), config)?;
         Ok(Indexer {
             dir,
@@ -148,6 +164,119 @@ fn next_id() -> u32 {
 
 const ZONE: &str = "+08:00";
 
+/// The phone hash key the test indexers are configured with (through a key file).
+pub const PHONE_HASH_KEY: &str = "e2e-phone-hash-key-0123456789";
+
+pub fn user_dict() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("dict/shop.dict")
+}
+
+/// The oracle's own masking of free text, simpler than the indexer's: sample data writes
+/// phones as plain 11-digit runs, so a maximal run of exactly 11 ASCII digits starting with
+/// 1[3-9] is a phone.
+pub fn oracle_mask(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if !chars[i].is_ascii_digit() {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < chars.len() && chars[i].is_ascii_digit() {
+            i += 1;
+        }
+        let run: String = chars[start..i].iter().collect();
+        if run.len() == 11 && run.starts_with('1') && ('3'..='9').contains(&chars[start + 1]) {
+            out.push_str(&format!("{}****{}", &run[..3], &run[7..]));
+        } else {
+            out.push_str(&run);
+        }
+    }
+    out
+}
+
+fn oracle_mask_json(v: &mut Value) {
+    match v {
+        Value::String(s) => *s = oracle_mask(s),
+        Value::Array(a) => a.iter_mut().for_each(oracle_mask_json),
+        Value::Object(o) => o.values_mut().for_each(oracle_mask_json),
+        _ => {}
+    }
+}
+
+/// Hex HMAC-SHA256 of an 11-digit phone under [`PHONE_HASH_KEY`].
+pub fn oracle_hash(phone: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(PHONE_HASH_KEY.as_bytes()).expect("key");
+    mac.update(phone.as_bytes());
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// jieba (default + shop dictionary), straight from the crate.
+pub fn oracle_jieba() -> &'static jieba_rs::Jieba {
+    static J: std::sync::OnceLock<jieba_rs::Jieba> = std::sync::OnceLock::new();
+    J.get_or_init(|| {
+        let mut j = jieba_rs::Jieba::new();
+        let dict = std::fs::read(user_dict()).expect("dict/shop.dict");
+        j.load_dict(&mut std::io::BufReader::new(dict.as_slice()))
+            .expect("dictionary");
+        j
+    })
+}
+
+/// Search-mode words, lowercased, punctuation dropped, joined by spaces.
+pub fn oracle_tokens(text: &str) -> String {
+    let mut words = Vec::new();
+    for t in oracle_jieba().cut_for_search(text, true) {
+        if t.word.chars().any(char::is_alphanumeric) {
+            words.extend(t.word.split_whitespace().map(str::to_lowercase));
+        }
+    }
+    words.join(" ")
+}
+
+/// Toneless pinyin words and initials of a name; characters without a reading are skipped.
+pub fn oracle_pinyin(name: &str) -> (String, String) {
+    use pinyin::ToPinyin;
+    let words: Vec<&str> = name.chars().filter_map(|c| c.to_pinyin()).map(|p| p.plain()).collect();
+    let initials = words.iter().filter_map(|w| w.chars().next()).collect();
+    (words.join(" "), initials)
+}
+
+/// The derived search fields of an order document, from its (already masked) text fields.
+fn add_search_fields(doc: &mut Value, phone: &str) {
+    let text = |v: &Value| v.as_str().map_or(Value::Null, |s| Value::String(oracle_tokens(s)));
+    let titles = match &doc["items"] {
+        Value::Array(items) => Value::String(
+            items
+                .iter()
+                .filter_map(|i| i["title"].as_str())
+                .map(oracle_tokens)
+                .filter(|t| !t.is_empty())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        _ => Value::Null,
+    };
+    let (pinyin, initials) = oracle_pinyin(doc["buyer_name"].as_str().unwrap_or_default());
+    let derived = json!({
+        "buyer_phone_masked": format!("{}****{}", &phone[..3], &phone[7..]),
+        "buyer_phone_last4": &phone[7..],
+        "buyer_phone_hash": oracle_hash(phone),
+        "buyer_name_tokens": text(&doc["buyer_name"]),
+        "address_tokens": text(&doc["address"]),
+        "remark_tokens": text(&doc["remark"]),
+        "items_title_tokens": titles,
+        "buyer_name_pinyin": pinyin,
+        "buyer_name_initials": initials,
+    });
+    let obj = doc.as_object_mut().expect("object");
+    obj.extend(derived.as_object().expect("object").clone());
+}
+
 /// `shop.orders` rows rendered by SQL as the documents the indexer must produce.
 pub async fn expected_orders(conn: &mut mysql_async::Conn, db: &str) -> Result<BTreeMap<String, Value>> {
     let sql = format!(
@@ -172,18 +301,27 @@ pub async fn expected_orders(conn: &mut mysql_async::Conn, db: &str) -> Result<B
                 .map(|v| Value::String(format!("{v}{ZONE}")))
                 .unwrap_or(Value::Null)
         };
-        let items = match r.get::<Option<String>, _>(12).flatten() {
+        let mut items = match r.get::<Option<String>, _>(12).flatten() {
             Some(j) => serde_json::from_str(&j)?,
             None => Value::Null,
         };
-        out.insert(
-            id.to_string(),
-            json!({
-                "id": id, "order_no": s(1), "buyer_name": s(2), "buyer_phone": s(3), "address": s(4),
-                "amount": s(5), "status": s(6), "created_at": t(7), "paid_at": t(8), "shipped_at": t(9),
-                "updated_at": t(10), "remark": s(11), "items": items,
-            }),
-        );
+        // The indexer masks phones in address, remark and items, and replaces buyer_phone by
+        // masked / last-4 / hash fields; tokens and pinyin are made from the masked text.
+        oracle_mask_json(&mut items);
+        let masked = |i: usize| -> Value {
+            match s(i) {
+                Value::String(v) => Value::String(oracle_mask(&v)),
+                other => other,
+            }
+        };
+        let phone: String = r.get::<Option<String>, _>(3).flatten().context("buyer_phone")?;
+        let mut doc = json!({
+            "id": id, "order_no": s(1), "buyer_name": s(2), "address": masked(4),
+            "amount": s(5), "status": s(6), "created_at": t(7), "paid_at": t(8), "shipped_at": t(9),
+            "updated_at": t(10), "remark": masked(11), "items": items,
+        });
+        add_search_fields(&mut doc, &phone);
+        out.insert(id.to_string(), doc);
     }
     Ok(out)
 }
@@ -200,13 +338,15 @@ pub async fn expected_events(conn: &mut mysql_async::Conn, db: &str) -> Result<B
         let id: u64 = r.get(0).context("id")?;
         let order_id: u64 = r.get(1).context("order_id")?;
         let payload: String = r.get(3).context("payload")?;
+        let mut payload: Value = serde_json::from_str(&payload)?;
+        oracle_mask_json(&mut payload);
         let operator: Option<i64> = r.get::<Option<i64>, _>(4).flatten();
         let at: String = r.get(5).context("occurred_at")?;
         out.insert(
             id.to_string(),
             json!({
                 "id": id, "order_id": order_id, "event_type": r.get::<String, _>(2),
-                "payload": serde_json::from_str::<Value>(&payload)?, "operator_id": operator,
+                "payload": payload, "operator_id": operator,
                 "occurred_at": format!("{at}{ZONE}"),
             }),
         );

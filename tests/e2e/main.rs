@@ -428,3 +428,108 @@ async fn frozen_server_is_detected_and_survived() -> Result<()> {
     .await?;
     wait_exact(&mut indexer, &mut conn, &es, &db, &prefix, CATCH_UP).await
 }
+
+/// A document the index rejects goes to the dead-letter file with its reason, does not block
+/// the stream, and `dlq replay` indexes it once the mapping is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_documents_are_dead_lettered_and_replayed() -> Result<()> {
+    // GIVEN a tracked table whose strict mapping lacks column `b`
+    let mysql = shared_mysql();
+    let es_target = shared_es();
+    let es = es_target.client()?;
+    let db = unique_name("e2e_dlq");
+    let prefix = format!("{db}_");
+    let mut conn = mysql.root_conn().await?;
+    create_shop_schema(&mut conn, &db).await?;
+    conn.query_drop(format!("CREATE TABLE `{db}`.notes (id INT PRIMARY KEY, a VARCHAR(20))"))
+        .await?;
+    let mapping = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        mapping.path(),
+        r#"{"mappings":{"dynamic":"strict","properties":{"id":{"type":"long"},"a":{"type":"keyword"}}}}"#,
+    )?;
+    let extra = format!(
+        "[[tables]]\nsource = '{db}\\.notes'\nindex = \"{prefix}notes\"\nmapping = \"{}\"\n",
+        mapping.path().display()
+    );
+    let mut indexer = Indexer::new(mysql.url(), es_target.url(), &db, &prefix, &extra)?;
+    indexer.start()?;
+
+    // (the initial load is over once a first checkpoint exists: from then on rows are streamed)
+    let state = indexer.dir.path().join("state/checkpoint.json");
+    cdc_indexer::testkit::wait_until(CATCH_UP, Duration::from_millis(100), || {
+        let exists = state.exists();
+        async move {
+            ensure!(exists, "no checkpoint yet");
+            Ok(())
+        }
+    })
+    .await?;
+
+    // WHEN rows fit the mapping, then a column it lacks is added and a row uses it, and other
+    // changes keep coming after that
+    conn.query_drop(format!("INSERT INTO `{db}`.notes VALUES (1, 'fits'), (3, 'fits too')"))
+        .await?;
+    conn.query_drop(format!("ALTER TABLE `{db}`.notes ADD COLUMN b INT NULL"))
+        .await?;
+    conn.query_drop(format!("INSERT INTO `{db}`.notes VALUES (2, 'rejected', 7)"))
+        .await?;
+    Sample::generate(3, 1).load(&mut conn, &db).await?;
+
+    // THEN the rejected row is dead-lettered with its reason and everything else is indexed
+    let notes = format!("{prefix}notes");
+    let orders = format!("{prefix}orders");
+    let dlq = indexer.dir.path().join("state/dead-letter.jsonl");
+    cdc_indexer::testkit::wait_until(Duration::from_secs(60), Duration::from_millis(200), || async {
+        ensure!(es.count(&notes).await? == 2, "notes not yet indexed");
+        ensure!(
+            es.count(&orders).await? == 1,
+            "the order after the rejection is not indexed"
+        );
+        let text = std::fs::read_to_string(&dlq).unwrap_or_default();
+        ensure!(
+            text.contains("strict_dynamic_mapping_exception") && text.contains("\"id\":\"2\""),
+            "dlq: {text}"
+        );
+        Ok(())
+    })
+    .await
+    .map_err(|e| e.context(indexer.log()))?;
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cdc-indexer"))
+            .args(args)
+            .arg("--config")
+            .arg(indexer.config_path())
+            .output()
+    };
+    let listed = cli(&["dlq", "list", "--json"])?;
+    ensure!(
+        listed.status.success() && String::from_utf8_lossy(&listed.stdout).lines().count() == 1,
+        "{listed:?}"
+    );
+
+    // WHEN the operator adds the field to the mapping and replays
+    let (status, body) = es
+        .request(
+            elasticsearch::http::Method::Put,
+            &format!("/{notes}/_mapping"),
+            Some(&serde_json::json!({"properties": {"b": {"type": "integer"}}})),
+        )
+        .await?;
+    ensure!(status == 200, "mapping update: {body}");
+    let replayed = cli(&["dlq", "replay"])?;
+    ensure!(
+        replayed.status.success(),
+        "replay: {}",
+        String::from_utf8_lossy(&replayed.stdout)
+    );
+
+    // THEN the row is indexed as it was and the dead-letter file is empty
+    let doc = es.get_doc(&notes, "2").await?;
+    ensure!(
+        doc == Some(serde_json::json!({"id": 2, "a": "rejected", "b": 7})),
+        "{doc:?}"
+    );
+    ensure!(std::fs::read_to_string(&dlq)?.trim().is_empty(), "dlq not emptied");
+    Ok(())
+}
