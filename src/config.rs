@@ -261,6 +261,13 @@ pub struct TableMapping {
     /// Fields that get `<field>_pinyin` (`zhang san`) and `<field>_initials` (`zs`).
     #[serde(default)]
     pub pinyin_fields: Vec<String>,
+    /// Largest indexed field, in bytes; larger ones are handled per `oversize` and named in
+    /// the document's `oversized_fields`.
+    #[serde(default = "defaults::max_field_bytes")]
+    pub max_field_bytes: usize,
+    /// `truncate` (text cut at a character boundary; JSON values dropped) or `drop`.
+    #[serde(default)]
+    pub oversize: Oversize,
     /// The key read from `phone_hash_key_env` / `phone_hash_key_file` by [`Config::parse`].
     #[serde(skip)]
     pub phone_hash_key: Option<crate::mask::HashKey>,
@@ -295,8 +302,20 @@ impl Default for SearchConfig {
     }
 }
 
+/// What to do with a field larger than `max_field_bytes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Oversize {
+    #[default]
+    Truncate,
+    Drop,
+}
+
 mod defaults {
     use std::path::PathBuf;
+    pub fn max_field_bytes() -> usize {
+        1024 * 1024
+    }
     pub fn server_id() -> u32 {
         4242
     }
@@ -479,6 +498,9 @@ impl Config {
         }
         for (i, t) in self.tables.iter().enumerate() {
             let key = |k: &str| format!("tables[{i}].{k}");
+            if !(1024..=64 * 1024 * 1024).contains(&t.max_field_bytes) {
+                return Err(invalid(key("max_field_bytes"), "must be between 1024 bytes and 64 MiB"));
+            }
             Regex::new(&format!("^(?:{})$", t.source))
                 .map_err(|e| invalid(key("source"), format!("is not a valid regex: {e}")))?;
             if t.index.is_empty()

@@ -71,6 +71,51 @@ impl FieldTransform for ParseJson {
     }
 }
 
+/// Name of the field listing the fields a document had cut or dropped for size.
+pub const OVERSIZED_FIELD: &str = "oversized_fields";
+
+/// Bounds every top-level field (e.g. a 12 MB base64 image pasted into a description): text
+/// longer than `max_bytes` is cut at a character boundary, other values (JSON objects, arrays)
+/// that serialize longer are dropped; either way the field is named in [`OVERSIZED_FIELD`], so
+/// the document stays searchable and the cut is visible, and the stream never stops for it.
+struct SizeLimit {
+    max_bytes: usize,
+    action: crate::config::Oversize,
+}
+
+impl FieldTransform for SizeLimit {
+    fn apply(&self, doc: &mut Map<String, Json>) -> Result<(), TransformError> {
+        let mut cut = Vec::new();
+        for (name, value) in doc.iter_mut() {
+            let too_big = match value {
+                Json::String(s) => s.len() > self.max_bytes,
+                Json::Array(_) | Json::Object(_) => {
+                    serde_json::to_string(value).map_or(true, |t| t.len() > self.max_bytes)
+                }
+                _ => false,
+            };
+            if !too_big {
+                continue;
+            }
+            match (value, self.action) {
+                (Json::String(s), crate::config::Oversize::Truncate) => {
+                    let mut end = self.max_bytes;
+                    while !s.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    s.truncate(end);
+                }
+                (v, _) => *v = Json::Null,
+            }
+            cut.push(Json::String(name.clone()));
+        }
+        if !cut.is_empty() {
+            doc.insert(OVERSIZED_FIELD.into(), Json::Array(cut));
+        }
+        Ok(())
+    }
+}
+
 /// A table mapping compiled for the hot path.
 pub struct Mapping {
     pub index: Arc<str>,
@@ -126,6 +171,11 @@ impl Mapping {
                 fields: cfg.pinyin_fields.iter().map(field).collect(),
             }));
         }
+        // Last, so it also bounds fields the transforms above derived from large text.
+        transforms.push(Box::new(SizeLimit {
+            max_bytes: cfg.max_field_bytes,
+            action: cfg.oversize,
+        }));
         Mapping {
             index: Arc::from(cfg.index.as_str()),
             source: Regex::new(&format!("^(?:{})$", cfg.source)).expect("validated"),
@@ -524,6 +574,37 @@ mod tests {
             serde_json::json!({"id": 7, "buyer": "张三", "amount": "1234.50",
                 "created_at": "2026-01-25T09:03:04.120+08:00", "items": {"sku": "A1", "qty": 2}})
         );
+    }
+
+    #[test]
+    fn oversized_fields_are_cut_and_named() {
+        let limit = SizeLimit {
+            max_bytes: 10,
+            action: crate::config::Oversize::Truncate,
+        };
+        let mut doc = Map::new();
+        doc.insert("small".into(), Json::from("ok"));
+        doc.insert("big".into(), Json::from("张三张三张三")); // 18 bytes: cut to 9 (3 whole chars)
+        doc.insert("obj".into(), serde_json::json!({"k": "0123456789"}));
+        doc.insert("n".into(), Json::from(123456789012345u64));
+        limit.apply(&mut doc).unwrap();
+        assert_eq!(doc["small"], "ok");
+        assert_eq!(doc["big"], "张三张");
+        assert_eq!(doc["obj"], Json::Null);
+        assert_eq!(doc["n"], 123456789012345u64);
+        assert_eq!(doc[OVERSIZED_FIELD], serde_json::json!(["big", "obj"]));
+        let drop = SizeLimit {
+            max_bytes: 10,
+            action: crate::config::Oversize::Drop,
+        };
+        let mut doc = Map::new();
+        doc.insert("big".into(), Json::from("x".repeat(11)));
+        drop.apply(&mut doc).unwrap();
+        assert_eq!(doc["big"], Json::Null);
+        let mut doc = Map::new();
+        doc.insert("fits".into(), Json::from("x".repeat(10)));
+        limit.apply(&mut doc).unwrap();
+        assert!(!doc.contains_key(OVERSIZED_FIELD));
     }
 
     #[test]

@@ -533,3 +533,62 @@ async fn rejected_documents_are_dead_lettered_and_replayed() -> Result<()> {
     ensure!(std::fs::read_to_string(&dlq)?.trim().is_empty(), "dlq not emptied");
     Ok(())
 }
+
+/// A 21 MB row (the seeds' base64 image in a description) neither stops the stream nor reaches
+/// the index whole: the field is cut to `max_field_bytes` and named in `oversized_fields`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_rows_are_cut_not_fatal() -> Result<()> {
+    // GIVEN a tracked table with a LONGTEXT column and an indexer streaming it
+    let mysql = shared_mysql();
+    let es_target = shared_es();
+    let es = es_target.client()?;
+    let db = unique_name("e2e_big");
+    let prefix = format!("{db}_");
+    let mut conn = mysql.root_conn().await?;
+    create_shop_schema(&mut conn, &db).await?;
+    conn.query_drop(format!(
+        "CREATE TABLE `{db}`.big (id INT PRIMARY KEY, body LONGTEXT) CHARSET utf8mb4"
+    ))
+    .await?;
+    let mapping = tempfile::NamedTempFile::new()?;
+    std::fs::write(mapping.path(), r#"{"mappings":{"dynamic":true}}"#)?;
+    let extra = format!(
+        "[[tables]]\nsource = '{db}\\.big'\nindex = \"{prefix}big\"\nmapping = \"{}\"\n",
+        mapping.path().display()
+    );
+    let mut indexer = Indexer::new(mysql.url(), es_target.url(), &db, &prefix, &extra)?;
+    indexer.start()?;
+
+    // WHEN a row of 7 million 3-byte characters (21 MB) is written, then a small one
+    conn.query_drop(format!("INSERT INTO `{db}`.big VALUES (1, REPEAT('图', 7000000))"))
+        .await?;
+    conn.query_drop(format!("INSERT INTO `{db}`.big VALUES (2, 'small')"))
+        .await?;
+
+    // THEN the big field is cut at a character boundary below 1 MiB and named; the next row is whole
+    let big = format!("{prefix}big");
+    settle(&mut indexer, CATCH_UP, || async {
+        let one = es
+            .get_doc(&big, "1")
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("row 1 not indexed"))?;
+        let two = es
+            .get_doc(&big, "2")
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("row 2 not indexed"))?;
+        let body = one["body"].as_str().unwrap_or_default();
+        ensure!(
+            body.len() == 1_048_575 && body.chars().all(|c| c == '图'),
+            "body of {} bytes",
+            body.len()
+        );
+        ensure!(
+            one["oversized_fields"] == serde_json::json!(["body"]),
+            "{}",
+            one["oversized_fields"]
+        );
+        ensure!(two == serde_json::json!({"id": 2, "body": "small"}), "{two}");
+        Ok(())
+    })
+    .await
+}
