@@ -58,3 +58,30 @@ fn every_alert_is_tested_and_has_a_runbook() {
         );
     }
 }
+
+#[test]
+fn compose_prometheus_config_is_valid_and_loads_the_rules() {
+    // GIVEN the Prometheus config docker-compose.yml mounts, laid out as in the container
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(root.join("deploy/prometheus.yml"), dir.path().join("prometheus.yml")).unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::copy(
+        root.join("alerts/cdc-indexer.rules.yml"),
+        dir.path().join("rules/cdc-indexer.rules.yml"),
+    )
+    .unwrap();
+    // WHEN promtool checks it THEN it is valid and finds the shipped rules
+    let out = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(dir.path().join("prometheus.yml"))
+        .output()
+        .expect("promtool not found: run scripts/setup");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("SUCCESS") && text.contains("rules found"), "{text}");
+}
