@@ -1,5 +1,5 @@
 # Pinned builder and runtime images; the indexer runs as an unprivileged user.
-FROM rust:1.85.1-slim-bookworm AS build
+FROM rust:1.89.0-slim-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin cdc-indexer
