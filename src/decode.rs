@@ -585,7 +585,7 @@ impl RowDecoder {
             .iter()
             .map(|c| {
                 Plan::of(c).map_err(|reason| DecodeError::TableMap {
-                    table: schema.qualified_name(),
+                    table: schema.qualified_name().to_string(),
                     reason: format!("column `{}` ({}): {reason}", c.name, c.type_name()),
                 })
             })
@@ -736,7 +736,7 @@ fn decode_image(
         }
         let column = &schema.columns[i];
         let value = decode_value(table.plans[i], column, cur).map_err(|fault| DecodeError::Column {
-            table: schema.qualified_name(),
+            table: schema.qualified_name().to_string(),
             column: column.name.clone(),
             column_type: column.type_name(),
             reason: fault.to_string(),
@@ -948,8 +948,8 @@ fn time2(cur: &mut Cursor<'_>, fsp: u8) -> Result<Value, Fault> {
 /// of the integer part, full groups of the fraction, trailing partial group.
 fn decimal_groups(precision: usize, scale: usize) -> impl Iterator<Item = usize> {
     let intg = precision - scale;
-    let lead = (intg % 9 > 0).then_some(intg % 9);
-    let trail = (scale % 9 > 0).then_some(scale % 9);
+    let lead = (!intg.is_multiple_of(9)).then_some(intg % 9);
+    let trail = (!scale.is_multiple_of(9)).then_some(scale % 9);
     lead.into_iter()
         .chain(std::iter::repeat_n(9, intg / 9 + scale / 9))
         .chain(trail)

@@ -240,7 +240,7 @@ async fn transform_loop(
                 let Some(mapping) = router.route(&change.table) else {
                     continue;
                 };
-                metrics::get().change_read(&change.table.qualified_name(), change.op);
+                metrics::get().change_read(change.table.qualified_name(), change.op);
                 match mapping.apply(&change) {
                     Ok(ops) => {
                         for op in ops {
@@ -249,10 +249,9 @@ async fn transform_loop(
                     }
                     Err(e) => {
                         let reason = e.to_string();
-                        let table = change.table.qualified_name();
                         sink.shared().dead_letter(&[DeadLetter {
                             at: now_secs(),
-                            table: &table,
+                            table: change.table.qualified_name(),
                             index: &mapping.index,
                             id: None,
                             op: change.op.as_str(),

@@ -49,12 +49,30 @@ pub struct TableSchema {
     /// Positions (into `columns`) of the primary key columns, in key order; empty when the
     /// server sent no primary key metadata.
     pub primary_key: Vec<usize>,
+    /// `database.table`, built once: it is looked up for every row.
+    qualified: std::sync::Arc<str>,
 }
 
 impl TableSchema {
+    pub fn new(database: String, table: String, columns: Vec<ColumnSchema>, primary_key: Vec<usize>) -> Self {
+        let qualified = std::sync::Arc::from(format!("{database}.{table}"));
+        TableSchema {
+            database,
+            table,
+            columns,
+            primary_key,
+            qualified,
+        }
+    }
+
     /// `database.table`, the name mappings match against.
-    pub fn qualified_name(&self) -> String {
-        format!("{}.{}", self.database, self.table)
+    pub fn qualified_name(&self) -> &str {
+        &self.qualified
+    }
+
+    /// The same, shared (documents and dead letters keep it without copying).
+    pub fn qualified_arc(&self) -> std::sync::Arc<str> {
+        self.qualified.clone()
     }
 
     /// Position of the column called `name`.
@@ -297,12 +315,7 @@ fn parse_table_map(data: &[u8], header_len: u8, geometry_is_character: bool) -> 
         ));
     }
 
-    let mut schema = TableSchema {
-        database,
-        table,
-        columns,
-        primary_key: Vec::new(),
-    };
+    let mut schema = TableSchema::new(database, table, columns, Vec::new());
     apply_optional_metadata(&mut schema, types, optional, geometry_is_character)
         .map_err(|reason| fail(&table_name, reason))?;
     Ok(schema)

@@ -262,11 +262,10 @@ async fn load_table(
 }
 
 fn schema_from_columns(db: &str, table: &str, cols: &[Column], key_pos: &[usize]) -> TableSchema {
-    TableSchema {
-        database: db.into(),
-        table: table.into(),
-        columns: cols
-            .iter()
+    TableSchema::new(
+        db.into(),
+        table.into(),
+        cols.iter()
             .map(|c| ColumnSchema {
                 name: c.name_str().into_owned(),
                 column_type: c.column_type() as u8,
@@ -277,8 +276,8 @@ fn schema_from_columns(db: &str, table: &str, cols: &[Column], key_pos: &[usize]
                 members: vec![],
             })
             .collect(),
-        primary_key: key_pos.to_vec(),
-    }
+        key_pos.to_vec(),
+    )
 }
 
 /// Converts a binary-protocol row to the same [`Value`]s the binlog decoder produces.

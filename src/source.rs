@@ -262,7 +262,7 @@ struct StreamState {
     /// MariaDB GTID state, domain → (server id, sequence number).
     gtids: BTreeMap<u32, (u32, u64)>,
     /// Cache of tracked-or-not per qualified table name.
-    tracked: HashMap<String, bool>,
+    tracked: HashMap<std::sync::Arc<str>, bool>,
     guard: VersionGuard,
 }
 
@@ -466,8 +466,14 @@ impl Source {
                     position: at(st),
                     source,
                 })?;
-                let name = table.qualified_name();
-                let tracked = *st.tracked.entry(name).or_insert_with_key(|n| (self.tracked)(n));
+                let tracked = match st.tracked.get(table.qualified_name()) {
+                    Some(t) => *t,
+                    None => {
+                        let t = (self.tracked)(table.qualified_name());
+                        st.tracked.insert(table.qualified_arc(), t);
+                        t
+                    }
+                };
                 let rows_in_event;
                 if tracked {
                     let (table, rows) = decoder.rows(event).map_err(|source| SourceError::Decode {

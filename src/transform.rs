@@ -202,7 +202,7 @@ impl Mapping {
     /// The document operations for one change.
     pub fn apply(&self, change: &RowChange) -> Result<Vec<DocOp>, TransformError> {
         let table = &change.table;
-        let table_name: Arc<str> = Arc::from(table.qualified_name());
+        let table_name = table.qualified_arc();
         let op = |id: String, action: DocAction| DocOp {
             index: self.index.clone(),
             id,
@@ -243,7 +243,7 @@ impl Mapping {
         let positions: Vec<usize> = if self.id_columns.is_empty() {
             if table.primary_key.is_empty() {
                 return Err(TransformError::NoKey {
-                    table: table.qualified_name(),
+                    table: table.qualified_name().to_string(),
                 });
             }
             table.primary_key.clone()
@@ -252,7 +252,7 @@ impl Mapping {
                 .iter()
                 .map(|c| {
                     table.column_index(c).ok_or_else(|| TransformError::UnknownIdColumn {
-                        table: table.qualified_name(),
+                        table: table.qualified_name().to_string(),
                         column: c.clone(),
                     })
                 })
@@ -314,7 +314,7 @@ pub fn needs_tokenizer(tables: &[TableMapping]) -> bool {
 /// Picks the mapping for a table (the first whose `source` regex matches), cached per table.
 pub struct Router {
     mappings: Vec<Mapping>,
-    cache: std::collections::HashMap<String, Option<usize>>,
+    cache: std::collections::HashMap<Arc<str>, Option<usize>>,
 }
 
 impl Router {
@@ -333,12 +333,14 @@ impl Router {
     }
 
     pub fn route(&mut self, table: &TableSchema) -> Option<&Mapping> {
-        let name = table.qualified_name();
-        let mappings = &self.mappings;
-        let idx = *self
-            .cache
-            .entry(name)
-            .or_insert_with_key(|n| mappings.iter().position(|m| m.matches(n)));
+        let idx = match self.cache.get(table.qualified_name()) {
+            Some(idx) => *idx,
+            None => {
+                let idx = self.mappings.iter().position(|m| m.matches(table.qualified_name()));
+                self.cache.insert(table.qualified_arc(), idx);
+                idx
+            }
+        };
         idx.map(|i| &self.mappings[i])
     }
 }
@@ -455,7 +457,7 @@ fn decode_text(bytes: &[u8], charset: u16, column: &str) -> Result<String, Trans
         35 | 90 | 128..=151 | 159 | 54 | 55 | 101..=124 => UTF_16BE,
         56 | 62 => UTF_16LE,
         60 | 61 | 160..=183 => {
-            if bytes.len() % 4 != 0 {
+            if !bytes.len().is_multiple_of(4) {
                 return Err(bad());
             }
             return bytes
@@ -496,10 +498,10 @@ mod tests {
     }
 
     fn table() -> Arc<TableSchema> {
-        Arc::new(TableSchema {
-            database: "shop".into(),
-            table: "orders_03".into(),
-            columns: vec![
+        Arc::new(TableSchema::new(
+            "shop".into(),
+            "orders_03".into(),
+            vec![
                 col("id"),
                 col("buyer_name"),
                 col("amount"),
@@ -507,8 +509,8 @@ mod tests {
                 col("items"),
                 col("secret"),
             ],
-            primary_key: vec![0],
-        })
+            vec![0],
+        ))
     }
 
     fn mapping(extra: &str) -> Mapping {
