@@ -112,9 +112,16 @@ pub struct SinkConfig {
     /// Send a partial batch after this many milliseconds.
     #[serde(default = "defaults::linger_ms")]
     pub linger_ms: u64,
-    /// Bulk requests in flight at once; documents are partitioned by `_id` across them.
+    /// Most bulk requests in flight at once; documents are partitioned by `_id` across this many
+    /// lanes. The number actually allowed adapts between `min_in_flight` and this (AIMD).
     #[serde(default = "defaults::max_in_flight")]
     pub max_in_flight: usize,
+    /// Fewest bulk requests in flight the adaptive limit may fall to under pushback.
+    #[serde(default = "defaults::min_in_flight")]
+    pub min_in_flight: usize,
+    /// A bulk answer slower than this multiple of the usual latency counts as pushback.
+    #[serde(default = "defaults::latency_factor")]
+    pub latency_factor: f64,
     /// Timeout of one bulk request, in milliseconds.
     #[serde(default = "defaults::request_timeout_ms")]
     pub request_timeout_ms: u64,
@@ -137,6 +144,7 @@ impl std::fmt::Debug for SinkConfig {
             .field("batch_max_bytes", &self.batch_max_bytes)
             .field("linger_ms", &self.linger_ms)
             .field("max_in_flight", &self.max_in_flight)
+            .field("min_in_flight", &self.min_in_flight)
             .finish_non_exhaustive()
     }
 }
@@ -346,6 +354,12 @@ mod defaults {
     pub fn max_in_flight() -> usize {
         4
     }
+    pub fn min_in_flight() -> usize {
+        1
+    }
+    pub fn latency_factor() -> f64 {
+        4.0
+    }
     pub fn request_timeout_ms() -> u64 {
         60_000
     }
@@ -446,6 +460,15 @@ impl Config {
         }
         if !(1..=64).contains(&self.sink.max_in_flight) {
             return Err(invalid("sink.max_in_flight", "must be between 1 and 64"));
+        }
+        if !(1..=self.sink.max_in_flight).contains(&self.sink.min_in_flight) {
+            return Err(invalid(
+                "sink.min_in_flight",
+                "must be between 1 and sink.max_in_flight",
+            ));
+        }
+        if !(self.sink.latency_factor >= 1.5 && self.sink.latency_factor <= 100.0) {
+            return Err(invalid("sink.latency_factor", "must be between 1.5 and 100"));
         }
         if self.sink.request_timeout_ms < 100 {
             return Err(invalid("sink.request_timeout_ms", "must be at least 100 milliseconds"));

@@ -6,6 +6,7 @@ pub mod bulk;
 pub mod change;
 pub mod checkpoint;
 pub mod config;
+pub mod congestion;
 pub mod dead_letter;
 pub mod decode;
 pub mod health;

@@ -49,6 +49,7 @@ pub mod names {
     pub const BULK_RETRIES_TOTAL: &str = "cdc_bulk_retries_total";
     pub const BULK_THROTTLED_DOCS_TOTAL: &str = "cdc_bulk_throttled_docs_total";
     pub const BULK_REQUESTS_IN_FLIGHT: &str = "cdc_bulk_requests_in_flight";
+    pub const SINK_CONCURRENCY_LIMIT_REQUESTS: &str = "cdc_sink_concurrency_limit_requests";
     pub const SOURCE_QUEUE_DEPTH_EVENTS: &str = "cdc_source_queue_depth_events";
     pub const SINK_UNACKED_OPS: &str = "cdc_sink_unacked_ops";
     pub const CHECKPOINT_FILE_SEQUENCE: &str = "cdc_checkpoint_file_sequence";
@@ -89,6 +90,7 @@ pub struct Metrics {
     bulk_retries: IntCounter,
     bulk_throttled: IntCounter,
     bulk_in_flight: IntGauge,
+    concurrency_limit: IntGauge,
     source_queue: IntGauge,
     unacked: IntGauge,
     cp_file: IntGauge,
@@ -241,6 +243,10 @@ impl Metrics {
                 "Documents answered with HTTP 429 (whole request or per item)",
             ),
             bulk_in_flight: igauge(BULK_REQUESTS_IN_FLIGHT, "Bulk requests awaiting a response"),
+            concurrency_limit: igauge(
+                SINK_CONCURRENCY_LIMIT_REQUESTS,
+                "Bulk requests allowed in flight now (adapts to pushback between sink.min_in_flight and sink.max_in_flight)",
+            ),
             source_queue: igauge(
                 SOURCE_QUEUE_DEPTH_EVENTS,
                 "Events read from the binlog waiting for the transform",
@@ -322,6 +328,10 @@ impl Metrics {
         self.bulk_bytes.observe(bytes as f64);
         self.bulk_in_flight.inc();
         BulkTimer(std::time::Instant::now())
+    }
+
+    pub fn concurrency_limit(&self, limit: usize) {
+        self.concurrency_limit.set(limit as i64);
     }
 
     pub fn bulk_retry(&self) {

@@ -32,6 +32,7 @@ use crate::bulk::{self, BulkOutcome, ItemOutcome};
 use crate::change::{DocAction, DocOp};
 use crate::checkpoint::{AckTracker, Boundary};
 use crate::config::SinkConfig;
+use crate::congestion::{Limiter, Signal};
 use crate::dead_letter::{now_secs, DeadLetter, DeadLetters};
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +123,8 @@ impl Sink {
         tasks: &mut JoinSet<Result<(), crate::pipeline::PipelineError>>,
     ) -> Sink {
         let mut lanes = Vec::with_capacity(cfg.max_in_flight);
+        let limiter = Arc::new(Limiter::new(cfg.min_in_flight, cfg.max_in_flight, cfg.latency_factor));
+        crate::metrics::get().concurrency_limit(limiter.limit());
         for lane_no in 0..cfg.max_in_flight {
             let (tx, rx) = mpsc::channel(cfg.batch_max_docs.max(64));
             let lane = Lane {
@@ -129,6 +132,7 @@ impl Sink {
                 client: client.clone(),
                 cfg: cfg.clone(),
                 shared: shared.clone(),
+                limiter: limiter.clone(),
             };
             tasks.spawn(async move { lane.run(rx).await.map_err(Into::into) });
             lanes.push(tx);
@@ -161,6 +165,8 @@ struct Lane {
     client: Elasticsearch,
     cfg: SinkConfig,
     shared: Arc<Shared>,
+    /// Shared by all lanes: how many of them may have a request in flight now.
+    limiter: Arc<Limiter>,
 }
 
 impl Lane {
@@ -215,10 +221,12 @@ impl Lane {
                 for (_, op) in &pending {
                     bulk::encode(&mut buf, op);
                 }
+                let permit = self.limiter.acquire().await;
                 let started = Instant::now();
                 let timer = crate::metrics::get().bulk_started(pending.len(), buf.len());
                 let outcome = self.post(buf.freeze(), pending.len()).await;
                 drop(timer);
+                permit.done(congestion_signal(&outcome, started.elapsed()));
                 tracing::debug!(
                     lane = self.no,
                     docs = pending.len(),
@@ -368,6 +376,17 @@ impl Lane {
             })
             .collect();
         self.shared.dead_letter(&records)
+    }
+}
+
+/// What a bulk answer says about the cluster's load: any 429 (whole request or item), 5xx,
+/// timeout or connection failure is pushback; a full success reports its latency.
+fn congestion_signal(outcome: &BulkOutcome, latency: Duration) -> Signal {
+    match outcome {
+        BulkOutcome::Items(items) if items.iter().any(|i| matches!(i, ItemOutcome::Retry { .. })) => Signal::Pushback,
+        BulkOutcome::Items(_) => Signal::Ok(latency),
+        BulkOutcome::RetryAll { .. } => Signal::Pushback,
+        BulkOutcome::TooLarge | BulkOutcome::Fatal { .. } => Signal::Neutral,
     }
 }
 

@@ -18,6 +18,7 @@
 //!   deterministic per seed.
 
 mod es;
+mod es_proxy;
 mod mariadb;
 mod osmem;
 mod process;
@@ -32,6 +33,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, Context, Result};
 
 pub use es::{EsClient, EVENT_LOG_INDEX_BODY, ORDERS_INDEX_BODY};
+pub use es_proxy::{EsProxy, Faults, ProxyStats};
 pub use mariadb::MariaDbServer;
 pub use osmem::OsmemServer;
 
