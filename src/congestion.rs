@@ -121,6 +121,11 @@ impl Limiter {
             if !recently_decreased {
                 s.limit = (s.limit / 2.0).max(self.min as f64);
                 s.last_decrease = Some(now);
+                tracing::warn!(
+                    limit = s.limit as usize,
+                    ?signal,
+                    "Elasticsearch is pushing back; fewer bulk requests in flight"
+                );
             }
         } else if let Signal::Ok(latency) = signal {
             let l = latency.as_secs_f64();

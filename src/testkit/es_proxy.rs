@@ -62,7 +62,7 @@ pub struct ProxyStats {
 }
 
 struct State {
-    upstream: String,
+    upstream: Mutex<String>,
     http: reqwest::Client,
     faults: Mutex<Faults>,
     rng: Mutex<StdRng>,
@@ -89,7 +89,7 @@ impl EsProxy {
             .build()
             .context("building the proxy's HTTP client")?;
         let state = Arc::new(State {
-            upstream: upstream.trim_end_matches('/').to_owned(),
+            upstream: Mutex::new(upstream.trim_end_matches('/').to_owned()),
             http,
             faults: Mutex::new(Faults::default()),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
@@ -125,6 +125,11 @@ impl EsProxy {
     /// Replaces the faults applied to the following bulk requests.
     pub fn set(&self, faults: Faults) {
         *self.state.faults.lock().expect("faults lock") = faults;
+    }
+
+    /// Points the proxy at another server (e.g. a restarted, empty one).
+    pub fn set_upstream(&self, upstream: &str) {
+        *self.state.upstream.lock().expect("upstream lock") = upstream.trim_end_matches('/').to_owned();
     }
 
     pub fn stats(&self) -> &ProxyStats {
@@ -337,7 +342,7 @@ fn merge_rejections(upstream: Reply, ops: &[BulkOp], rejected: &[bool]) -> Reply
 }
 
 async fn forward(state: &State, parts: &hyper::http::request::Parts, path_and_query: &str, body: Bytes) -> Reply {
-    let url = format!("{}{path_and_query}", state.upstream);
+    let url = format!("{}{path_and_query}", state.upstream.lock().expect("upstream lock"));
     let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
     let mut req = state.http.request(method, url).body(body);
     for name in ["content-type", "authorization", "accept"] {

@@ -2,6 +2,7 @@
 //! an Elasticsearch-compatible server, compared row by row with an SQL-only oracle.
 
 mod harness;
+mod sink_chaos;
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use rand::{Rng, SeedableRng};
 
 const CATCH_UP: Duration = Duration::from_secs(180);
 
-fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     let s = std::env::var("CDC_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -107,7 +108,7 @@ async fn random_workload_survives_kills_and_server_restart() -> Result<()> {
 }
 
 /// Runs one transaction and returns the rows it changed.
-async fn changed_rows(conn: &mut mysql_async::Conn, statements: &[String]) -> Result<usize> {
+pub(crate) async fn changed_rows(conn: &mut mysql_async::Conn, statements: &[String]) -> Result<usize> {
     let mut tx = conn.start_transaction(Default::default()).await?;
     let mut n = 0;
     for s in statements {
