@@ -49,6 +49,8 @@ pub struct Faults {
     pub docs_per_sec: Option<u32>,
     /// Answer bulk requests with success here, without forwarding (a null endpoint).
     pub null_sink: bool,
+    /// Record when each document was answered with success (see [`EsProxy::take_answered`]).
+    pub record_answers: bool,
 }
 
 /// Counters of what the proxy saw and did.
@@ -69,6 +71,8 @@ struct State {
     /// Throttle: when the next bulk document may be answered.
     next_slot: tokio::sync::Mutex<Instant>,
     stats: ProxyStats,
+    /// (index, `_id`, when answered) of successful items, while `record_answers` is on.
+    answered: Mutex<Vec<(String, String, std::time::Instant)>>,
 }
 
 /// A running proxy; stops on `Drop`.
@@ -95,6 +99,7 @@ impl EsProxy {
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             next_slot: tokio::sync::Mutex::new(Instant::now()),
             stats: ProxyStats::default(),
+            answered: Mutex::new(Vec::new()),
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the proxy")?;
         listener.set_nonblocking(true)?;
@@ -130,6 +135,11 @@ impl EsProxy {
     /// Points the proxy at another server (e.g. a restarted, empty one).
     pub fn set_upstream(&self, upstream: &str) {
         *self.state.upstream.lock().expect("upstream lock") = upstream.trim_end_matches('/').to_owned();
+    }
+
+    /// Takes the recorded (index, `_id`, answer time) triples.
+    pub fn take_answered(&self) -> Vec<(String, String, std::time::Instant)> {
+        std::mem::take(&mut *self.state.answered.lock().expect("answered lock"))
     }
 
     pub fn stats(&self) -> &ProxyStats {
@@ -265,6 +275,16 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Answer, Res
             .stats
             .bulk_docs_answered_ok
             .fetch_add(ops.len() as u64, Ordering::Relaxed);
+        if faults.record_answers {
+            let now = std::time::Instant::now();
+            let mut answered = state.answered.lock().expect("answered lock");
+            for (op, r) in ops.iter().zip(&rejected) {
+                if !r {
+                    let id = op.id.as_str().map_or_else(|| op.id.to_string(), str::to_owned);
+                    answered.push((op.index.clone(), id, now));
+                }
+            }
+        }
     }
     if reset_after {
         state.stats.resets.fetch_add(1, Ordering::Relaxed);
@@ -287,6 +307,7 @@ async fn throttle(state: &State, docs: usize, rate: u32) {
 /// One operation of a bulk body: its action, `_id` and byte range (action and source lines).
 struct BulkOp {
     action: String,
+    index: String,
     id: Value,
     range: std::ops::Range<usize>,
 }
@@ -314,6 +335,7 @@ fn split_ops(body: &[u8]) -> Vec<BulkOp> {
         pos = if name == "delete" { end } else { line_end(end) };
         ops.push(BulkOp {
             action: name,
+            index: meta.get("_index").and_then(Value::as_str).unwrap_or_default().to_owned(),
             id: meta.get("_id").cloned().unwrap_or(Value::Null),
             range: start..pos,
         });
