@@ -191,6 +191,9 @@ pub struct TableReport {
     /// Full mode: key ranges compared, and those whose count or hash differed.
     pub ranges: u64,
     pub ranges_differing: u64,
+    /// Keys that differed when first compared and were re-checked (most are changes in
+    /// flight, which settle and are not drift).
+    pub rechecked: u64,
     pub missing: Found,
     pub extra: Found,
     pub stale: Found,
@@ -1181,6 +1184,7 @@ impl Checker<'_> {
         opts: &Options,
         report: &mut TableReport,
     ) -> Result<(), CheckError> {
+        report.rechecked += pending.len() as u64;
         let mut repairs: Vec<DocOp> = Vec::new();
         let table: Arc<str> = Arc::from(t.qualified());
         let index: Arc<str> = Arc::from(t.index.as_str());
