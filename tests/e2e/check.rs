@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{ensure, Context, Result};
 use cdc_indexer::testkit::sample::{create_shop_schema, run_transaction, Sample};
 use cdc_indexer::testkit::workload::Workload;
-use cdc_indexer::testkit::{shared_es, shared_mysql, unique_name, EsClient};
+use cdc_indexer::testkit::{shared_es, shared_mysql, unique_name, wait_until, EsClient};
 use elasticsearch::http::Method;
 use mysql_async::prelude::Queryable;
 use rand::seq::SliceRandom;
@@ -139,11 +139,22 @@ async fn full_check_finds_and_repairs_every_kind_of_drift() -> Result<()> {
         "{report}"
     );
 
-    // WHEN it runs with --repair
-    let (code, report) = check(&indexer, &["--full", "--repair"]).await?;
+    // WHEN it runs with --repair (and writes its metrics to a file)
+    let metrics_file = indexer.dir.path().join("check.prom");
+    let metrics_arg = metrics_file.display().to_string();
+    let (code, report) = check(&indexer, &["--full", "--repair", "--metrics-file", &metrics_arg]).await?;
     ensure!(code == 1, "drift found (and repaired) exits 1, got {code}: {report}");
     ensure!(table(&report, &orders)?["repaired"] == 5, "{report}");
     ensure!(table(&report, &events)?["repaired"] == 1, "{report}");
+    let metrics = std::fs::read_to_string(&metrics_file)?;
+    for line in [
+        format!("cdc_check_drift_rows{{index=\"{orders}\",kind=\"stale\"}} 2"),
+        format!("cdc_check_drift_rows{{index=\"{orders}\",kind=\"extra\"}} 2"),
+        format!("cdc_check_repaired_docs_total{{index=\"{events}\"}} 1"),
+        r#"cdc_check_runs_total{mode="full",result="drift"} 1"#.to_string(),
+    ] {
+        ensure!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
 
     // THEN the next check is clean, and the index equals the database row by row
     let (code, report) = check(&indexer, &["--full"]).await?;
@@ -328,10 +339,47 @@ async fn scheduled_check_repairs_drift() -> Result<()> {
 
     // THEN the index comes back to exactly the database, and the log says why
     wait_exact(&mut indexer, &mut conn, &es, &db, &prefix, CATCH_UP).await?;
-    let log = indexer.log();
+    // (the run ends, and logs, after it has also checked the other index)
+    let log = wait_until(CATCH_UP, std::time::Duration::from_millis(200), || {
+        let log = indexer.log();
+        async move {
+            ensure!(
+                log.contains("scheduled consistency check found drift"),
+                "no scheduled repair logged:\n{log}"
+            );
+            Ok(log)
+        }
+    })
+    .await?;
+    // AND the indexer's /metrics shows the runs and the repairs
+    let addr = log
+        .split("metrics endpoint listening addr=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .context("no metrics address in the log")?
+        .to_string();
+    let metrics = http_get(&addr, "/metrics").await?;
     ensure!(
-        log.contains("scheduled consistency check found drift"),
-        "no scheduled repair logged:\n{log}"
+        metrics.contains(&format!("cdc_check_repaired_docs_total{{index=\"{orders}\"}} 2")),
+        "{metrics}"
+    );
+    ensure!(
+        metrics.contains(r#"cdc_check_runs_total{mode="sample",result="drift"}"#),
+        "{metrics}"
     );
     Ok(())
+}
+
+/// The body of `GET path` over HTTP/1.0 (never chunked).
+async fn http_get(addr: &str, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
+    ensure!(head.contains(" 200 "), "GET {path}: {head}");
+    Ok(body.to_string())
 }
