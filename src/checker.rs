@@ -576,9 +576,11 @@ async fn run_tables(
     let version: String = conn.query_first("SELECT VERSION()").await?.unwrap_or_default();
     let checker = Checker {
         cfg,
-        client,
+        es: Es {
+            client,
+            timeout: Duration::from_millis(cfg.sink.request_timeout_ms),
+        },
         mariadb: version.contains("MariaDB"),
-        timeout: Duration::from_millis(cfg.sink.request_timeout_ms),
     };
     let tables: Vec<(String, String)> = conn
         .query(
@@ -718,8 +720,14 @@ async fn describe(
 
 struct Checker<'a> {
     cfg: &'a Config,
-    client: Elasticsearch,
+    es: Es,
     mariadb: bool,
+}
+
+/// The Elasticsearch reads (cheap to clone, so a range can be read on another task).
+#[derive(Clone)]
+struct Es {
+    client: Elasticsearch,
     timeout: Duration,
 }
 
@@ -753,8 +761,450 @@ impl Checker<'_> {
         Ok((p, t.render(rows, keep, report)))
     }
 
-    // ---- Elasticsearch side ----
+    // ---- the two modes ----
 
+    async fn full(
+        &self,
+        conn: &mut Conn,
+        t: &mut Target,
+        opts: &Options,
+        report: &mut TableReport,
+    ) -> Result<(), CheckError> {
+        let field = t.key_field.clone().expect("checked by the caller");
+        let range_rows = self.cfg.check.range_rows;
+        let mut lower: Option<i128> = None;
+        let mut pending: Vec<Candidate> = Vec::new();
+        loop {
+            // The database side of the range, in its own short snapshot.
+            let p = snapshot::begin_consistent_snapshot(conn, self.mariadb).await?;
+            let rows: Vec<mysql_async::Row> = match lower {
+                None => {
+                    conn.exec(
+                        format!(
+                            "SELECT {} FROM {} ORDER BY {} LIMIT {range_rows}",
+                            t.select, t.from, t.key_col
+                        ),
+                        (),
+                    )
+                    .await?
+                }
+                Some(l) => {
+                    conn.exec(
+                        format!(
+                            "SELECT {} FROM {} WHERE {} > ? ORDER BY {} LIMIT {range_rows}",
+                            t.select, t.from, t.key_col, t.key_col
+                        ),
+                        (int_param(l),),
+                    )
+                    .await?
+                }
+            };
+            conn.query_drop("COMMIT").await?;
+            let n = rows.len() as u64;
+            let last_key: Option<i128> = rows.last().and_then(|r| r.as_ref(t.key_pos)).and_then(int_of);
+            let done = n < range_rows;
+            let upper = if done { None } else { last_key };
+            // The index side of the range is read on another task while the rows render.
+            let es_side = {
+                let (es, index, field) = (self.es.clone(), t.index.clone(), field.clone());
+                tokio::spawn(async move { es.range_docs(&index, &field, lower, upper).await })
+            };
+            let db = t.render(rows, false, report);
+            let es = es_side.await.map_err(|e| CheckError::Es {
+                what: "range read".into(),
+                reason: e.to_string(),
+            })??;
+            report.ranges += 1;
+            report.rows += n;
+            report.docs += es.len() as u64;
+
+            let mut a: Vec<(i128, u64)> = Vec::with_capacity(db.len());
+            let mut db_state: HashMap<i128, Option<u64>> = HashMap::new();
+            for (id, state) in &db {
+                let Ok(k) = id.parse::<i128>() else { continue };
+                match state {
+                    RowState::Doc(d, _) => {
+                        a.push((k, *d));
+                        db_state.insert(k, Some(*d));
+                    }
+                    // Not compared: mark so the index side of this key is ignored too.
+                    RowState::Unrenderable => {
+                        db_state.insert(k, None);
+                    }
+                }
+            }
+            let unrenderable: HashSet<i128> = db_state.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| *k).collect();
+            let mut b: Vec<(i128, u64)> = Vec::with_capacity(es.len());
+            let mut odd_ids = Vec::new();
+            for (id, doc) in &es {
+                match id.parse::<i128>() {
+                    Ok(k) if !unrenderable.contains(&k) => b.push((k, doc.digest)),
+                    Ok(_) => {}
+                    // An `_id` that is no integer: no row renders to it.
+                    Err(_) => odd_ids.push(id.clone()),
+                }
+            }
+            a.sort_unstable();
+            b.sort_unstable();
+            b.dedup_by_key(|e| e.0);
+            let mut differing = Vec::new();
+            bisect(&a, &b, &mut differing);
+            if !differing.is_empty() || !odd_ids.is_empty() {
+                report.ranges_differing += 1;
+            }
+            for k in differing {
+                pending.push(Candidate {
+                    id: k.to_string(),
+                    db: db_state.get(&k).copied().flatten(),
+                    at: p.clone(),
+                });
+            }
+            for id in odd_ids {
+                pending.push(Candidate {
+                    id,
+                    db: None,
+                    at: p.clone(),
+                });
+            }
+            if pending.len() >= CONFIRM_BATCH || done {
+                if done {
+                    // Documents without the key field were in no range.
+                    let keyless = self.es.keyless_docs(&t.index, &field).await?;
+                    report.docs += keyless.len() as u64;
+                    for (id, _) in keyless {
+                        pending.push(Candidate {
+                            id,
+                            db: None,
+                            at: p.clone(),
+                        });
+                    }
+                }
+                self.confirm(conn, t, std::mem::take(&mut pending), opts, report)
+                    .await?;
+            }
+            if done {
+                return Ok(());
+            }
+            lower = last_key;
+        }
+    }
+
+    async fn sample(
+        &self,
+        conn: &mut Conn,
+        t: &mut Target,
+        rows: usize,
+        seed: u64,
+        opts: &Options,
+        report: &mut TableReport,
+    ) -> Result<(), CheckError> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        t.qualified().hash(&mut h);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ h.finish());
+        let ids = match t.key_type {
+            KeyType::Integer => self.sample_integer_keys(conn, t, rows, &mut rng).await?,
+            KeyType::Text => {
+                let sql = format!(
+                    "SELECT CAST({} AS CHAR) FROM {} ORDER BY RAND({}) LIMIT {rows}",
+                    t.key_col,
+                    t.from,
+                    rng.gen::<u32>()
+                );
+                conn.query(sql).await?
+            }
+        };
+        let (p, db) = self.read_ids(conn, t, &ids, false, report).await?;
+        let es = self.es.mget(&t.index, &ids, true).await?;
+        report.rows += db.len() as u64;
+        report.docs += es.len() as u64;
+        let mut pending = Vec::new();
+        for id in &ids {
+            let row = match db.get(id) {
+                Some(RowState::Unrenderable) => continue,
+                Some(RowState::Doc(d, _)) => Some(*d),
+                None => None,
+            };
+            if !agree(row, es.get(id)) {
+                pending.push(Candidate {
+                    id: id.clone(),
+                    db: row,
+                    at: p.clone(),
+                });
+            }
+        }
+        self.confirm(conn, t, pending, opts, report).await
+    }
+
+    /// Up to `rows` keys drawn uniformly from those present in the table or in the index:
+    /// random integers over both key spans, kept when either side has them.
+    async fn sample_integer_keys(
+        &self,
+        conn: &mut Conn,
+        t: &Target,
+        rows: usize,
+        rng: &mut rand::rngs::StdRng,
+    ) -> Result<Vec<String>, CheckError> {
+        let db_bounds: Option<(Option<i128>, Option<i128>)> = {
+            let sql = format!(
+                "SELECT CAST(MIN({k}) AS CHAR), CAST(MAX({k}) AS CHAR) FROM {}",
+                t.from,
+                k = t.key_col
+            );
+            let r: Option<(Option<String>, Option<String>)> = conn.query_first(sql).await?;
+            r.map(|(a, b)| (a.and_then(|s| s.parse().ok()), b.and_then(|s| s.parse().ok())))
+        };
+        let mut lo: Option<i128> = db_bounds.and_then(|b| b.0);
+        let mut hi: Option<i128> = db_bounds.and_then(|b| b.1);
+        if let Some(field) = &t.key_field {
+            if let Some((a, b)) = self.es.es_key_bounds(&t.index, field).await? {
+                lo = Some(lo.map_or(a, |l| l.min(a)));
+                hi = Some(hi.map_or(b, |h| h.max(b)));
+            }
+        }
+        let (Some(lo), Some(hi)) = (lo, hi) else {
+            return Ok(Vec::new());
+        };
+        let span = (hi - lo + 1) as u128;
+        let mut chosen: Vec<String> = Vec::new();
+        let mut tried: HashSet<i128> = HashSet::new();
+        // Small spans are enumerated (shuffled); large ones are drawn at random.
+        let mut all: Option<Vec<i128>> = (span <= 200_000).then(|| {
+            let mut v: Vec<i128> = (lo..=hi).collect();
+            v.shuffle(rng);
+            v
+        });
+        for _ in 0..256 {
+            if chosen.len() >= rows {
+                break;
+            }
+            let want = ((rows - chosen.len()) * 4).clamp(256, 5_000);
+            let batch: Vec<i128> = match &mut all {
+                Some(v) => {
+                    let take = want.min(v.len());
+                    v.drain(..take).collect()
+                }
+                None => {
+                    let mut b = Vec::with_capacity(want);
+                    while b.len() < want && (tried.len() as u128) < span {
+                        let k = rng.gen_range(lo..=hi);
+                        if tried.insert(k) {
+                            b.push(k);
+                        }
+                    }
+                    b
+                }
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let ids: Vec<String> = batch.iter().map(i128::to_string).collect();
+            let mut present: HashSet<String> = HashSet::new();
+            let params: Vec<mysql_async::Value> = batch.iter().map(|k| int_param(*k)).collect();
+            for chunk in params.chunks(KEYS_PER_QUERY) {
+                let sql = format!(
+                    "SELECT CAST({k} AS CHAR) FROM {} WHERE {k} IN ({})",
+                    t.from,
+                    vec!["?"; chunk.len()].join(", "),
+                    k = t.key_col
+                );
+                let found: Vec<String> = conn.exec(sql, chunk.to_vec()).await?;
+                present.extend(found);
+            }
+            present.extend(self.es.mget(&t.index, &ids, false).await?.into_keys());
+            // In draw order, so the first `rows` present keys are a uniform sample.
+            for id in ids {
+                if chosen.len() < rows && present.contains(&id) {
+                    chosen.push(id);
+                }
+            }
+        }
+        Ok(chosen)
+    }
+
+    // ---- re-check and repair ----
+
+    /// Re-checks candidates until each is confirmed, settled, or out of rounds (see the
+    /// module doc), then repairs the confirmed ones when asked to.
+    async fn confirm(
+        &self,
+        conn: &mut Conn,
+        t: &mut Target,
+        mut pending: Vec<Candidate>,
+        opts: &Options,
+        report: &mut TableReport,
+    ) -> Result<(), CheckError> {
+        // A document whose key field disagrees with its `_id` can surface in two ranges.
+        let mut seen = HashSet::new();
+        pending.retain(|c| seen.insert(c.id.clone()));
+        report.rechecked += pending.len() as u64;
+        let mut repairs: Vec<DocOp> = Vec::new();
+        let table: Arc<str> = Arc::from(t.qualified());
+        let index: Arc<str> = Arc::from(t.index.as_str());
+        for _round in 0..self.cfg.check.recheck_rounds {
+            if pending.is_empty() {
+                break;
+            }
+            let target = pending
+                .iter()
+                .map(|c| c.at.clone())
+                .max_by_key(|p| p.key().unwrap_or((0, 0)))
+                .expect("not empty");
+            if !self.wait_for_checkpoint(&target).await? {
+                for c in pending.drain(..) {
+                    report.unverified.add(&c.id);
+                }
+                break;
+            }
+            let ids: Vec<String> = pending.iter().map(|c| c.id.clone()).collect();
+            // The index after the checkpoint passed, then the row again in a new snapshot.
+            let es = self.es.mget(&t.index, &ids, true).await?;
+            let (p2, db) = self.read_ids(conn, t, &ids, opts.repair, report).await?;
+            let repair_version = after(&p2)? - 1;
+            let mut next = Vec::new();
+            for c in pending {
+                let (row, doc) = match db.get(&c.id) {
+                    Some(RowState::Unrenderable) => continue,
+                    Some(RowState::Doc(d, doc)) => (Some(*d), doc.clone()),
+                    None => (None, None),
+                };
+                let indexed = es.get(&c.id);
+                if agree(row, indexed) {
+                    continue; // was in flight
+                }
+                let stable = row == c.db;
+                let not_newer = indexed.is_none_or(|e| e.version < after(&c.at).unwrap_or(u64::MAX));
+                if !(stable && not_newer) {
+                    next.push(Candidate {
+                        id: c.id,
+                        db: row,
+                        at: p2.clone(),
+                    });
+                    continue;
+                }
+                let kind = match (row, indexed) {
+                    (Some(_), None) => Kind::Missing,
+                    (None, Some(_)) => Kind::Extra,
+                    _ => Kind::Stale,
+                };
+                report.found(kind).add(&c.id);
+                if opts.repair {
+                    let (action, op) = match (kind, doc) {
+                        (Kind::Extra, _) => (DocAction::Delete, RowOp::Delete),
+                        (Kind::Missing, Some(d)) => (DocAction::Index(d.to_string()), RowOp::Insert),
+                        (_, Some(d)) => (DocAction::Index(d.to_string()), RowOp::Update),
+                        (_, None) => continue,
+                    };
+                    repairs.push(DocOp {
+                        index: index.clone(),
+                        id: c.id,
+                        version: Version(repair_version),
+                        action,
+                        table: table.clone(),
+                        op,
+                    });
+                }
+            }
+            pending = next;
+        }
+        for c in &pending {
+            report.unsettled.add(&c.id);
+        }
+        if !repairs.is_empty() {
+            self.repair(repairs, report).await;
+        }
+        Ok(())
+    }
+
+    /// Waits (bounded) until the indexer's checkpoint is at or past `p`.
+    async fn wait_for_checkpoint(&self, p: &BinlogPosition) -> Result<bool, CheckError> {
+        let path = self.cfg.checkpoint_path();
+        let limit = Duration::from_millis(self.cfg.check.settle_timeout_ms);
+        let started = Instant::now();
+        let want = p.key()?;
+        loop {
+            let current = read_checkpoint(&path)?;
+            if let Some(c) = &current {
+                if c.key()? >= want {
+                    return Ok(true);
+                }
+            }
+            if started.elapsed() >= limit {
+                let have = current.map_or("none".to_string(), |c| c.to_string());
+                tracing::warn!(
+                    checkpoint = %have,
+                    read_at = %p,
+                    waited_ms = limit.as_millis() as u64,
+                    file = %path.display(),
+                    "the indexer's checkpoint has not passed the position the differing rows were read at; \
+                     is `cdc-indexer run` running with this configuration and keeping up? The differences \
+                     are reported unverified"
+                );
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Writes repair operations with the sink's bulk encoding; transient failures are retried
+    /// a bounded number of times (a later check finds whatever is left).
+    async fn repair(&self, ops: Vec<DocOp>, report: &mut TableReport) {
+        let index = ops.first().map(|o| o.index.to_string()).unwrap_or_default();
+        let mut applied = 0u64;
+        for batch in ops.chunks(REPAIR_BATCH) {
+            let mut pending: Vec<&DocOp> = batch.iter().collect();
+            let mut delays = crate::retry::delays(
+                Duration::from_millis(self.cfg.sink.retry_min_ms),
+                Duration::from_millis(self.cfg.sink.retry_max_ms),
+            );
+            for attempt in 1..=8 {
+                let mut buf = BytesMut::new();
+                for op in &pending {
+                    bulk::encode(&mut buf, op);
+                }
+                let mut retry = Vec::new();
+                match crate::sink::post_bulk(&self.es.client, self.es.timeout, buf.freeze(), pending.len()).await {
+                    BulkOutcome::Items(items) => {
+                        for (op, item) in pending.iter().zip(items) {
+                            match item {
+                                ItemOutcome::Done => applied += 1,
+                                ItemOutcome::Stale => report.superseded += 1,
+                                ItemOutcome::Retry { .. } => retry.push(*op),
+                                ItemOutcome::DeadLetter { reason, .. } | ItemOutcome::Fatal { reason, .. } => {
+                                    tracing::warn!(index = %op.index, id = %op.id, %reason, "repair rejected");
+                                    report.repair_failed.add(&op.id);
+                                }
+                            }
+                        }
+                    }
+                    BulkOutcome::RetryAll { reason, .. } => {
+                        tracing::warn!(%reason, attempt, "repair bulk request failed; retrying");
+                        retry = pending.clone();
+                    }
+                    BulkOutcome::TooLarge | BulkOutcome::Fatal { .. } => {
+                        for op in &pending {
+                            report.repair_failed.add(&op.id);
+                        }
+                    }
+                }
+                pending = retry;
+                if pending.is_empty() {
+                    break;
+                }
+                if attempt == 8 {
+                    for op in &pending {
+                        report.repair_failed.add(&op.id);
+                    }
+                    break;
+                }
+                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
+            }
+        }
+        report.repaired += applied;
+        crate::metrics::get().check_repaired(&index, applied);
+    }
+}
+
+impl Es {
     async fn es(&self, method: Method, path: &str, body: &Json) -> Result<Json, CheckError> {
         let mut delays = crate::retry::delays(Duration::from_millis(200), Duration::from_secs(5));
         let mut attempt = 0;
@@ -918,440 +1368,6 @@ impl Checker<'_> {
             }
         }
         Ok(Some((ends[0], ends[1])))
-    }
-
-    // ---- the two modes ----
-
-    async fn full(
-        &self,
-        conn: &mut Conn,
-        t: &mut Target,
-        opts: &Options,
-        report: &mut TableReport,
-    ) -> Result<(), CheckError> {
-        let field = t.key_field.clone().expect("checked by the caller");
-        let range_rows = self.cfg.check.range_rows;
-        let mut lower: Option<i128> = None;
-        let mut pending: Vec<Candidate> = Vec::new();
-        loop {
-            // The database side of the range, in its own short snapshot.
-            let p = snapshot::begin_consistent_snapshot(conn, self.mariadb).await?;
-            let rows: Vec<mysql_async::Row> = match lower {
-                None => {
-                    conn.exec(
-                        format!(
-                            "SELECT {} FROM {} ORDER BY {} LIMIT {range_rows}",
-                            t.select, t.from, t.key_col
-                        ),
-                        (),
-                    )
-                    .await?
-                }
-                Some(l) => {
-                    conn.exec(
-                        format!(
-                            "SELECT {} FROM {} WHERE {} > ? ORDER BY {} LIMIT {range_rows}",
-                            t.select, t.from, t.key_col, t.key_col
-                        ),
-                        (int_param(l),),
-                    )
-                    .await?
-                }
-            };
-            conn.query_drop("COMMIT").await?;
-            let n = rows.len() as u64;
-            let last_key: Option<i128> = rows.last().and_then(|r| r.as_ref(t.key_pos)).and_then(int_of);
-            let db = t.render(rows, false, report);
-            let done = n < range_rows;
-            let upper = if done { None } else { last_key };
-            let es = self.range_docs(&t.index, &field, lower, upper).await?;
-            report.ranges += 1;
-            report.rows += n;
-            report.docs += es.len() as u64;
-
-            let mut a: Vec<(i128, u64)> = Vec::with_capacity(db.len());
-            let mut db_state: HashMap<i128, Option<u64>> = HashMap::new();
-            for (id, state) in &db {
-                let Ok(k) = id.parse::<i128>() else { continue };
-                match state {
-                    RowState::Doc(d, _) => {
-                        a.push((k, *d));
-                        db_state.insert(k, Some(*d));
-                    }
-                    // Not compared: mark so the index side of this key is ignored too.
-                    RowState::Unrenderable => {
-                        db_state.insert(k, None);
-                    }
-                }
-            }
-            let unrenderable: HashSet<i128> = db_state.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| *k).collect();
-            let mut b: Vec<(i128, u64)> = Vec::with_capacity(es.len());
-            let mut odd_ids = Vec::new();
-            for (id, doc) in &es {
-                match id.parse::<i128>() {
-                    Ok(k) if !unrenderable.contains(&k) => b.push((k, doc.digest)),
-                    Ok(_) => {}
-                    // An `_id` that is no integer: no row renders to it.
-                    Err(_) => odd_ids.push(id.clone()),
-                }
-            }
-            a.sort_unstable();
-            b.sort_unstable();
-            b.dedup_by_key(|e| e.0);
-            let mut differing = Vec::new();
-            bisect(&a, &b, &mut differing);
-            if !differing.is_empty() || !odd_ids.is_empty() {
-                report.ranges_differing += 1;
-            }
-            for k in differing {
-                pending.push(Candidate {
-                    id: k.to_string(),
-                    db: db_state.get(&k).copied().flatten(),
-                    at: p.clone(),
-                });
-            }
-            for id in odd_ids {
-                pending.push(Candidate {
-                    id,
-                    db: None,
-                    at: p.clone(),
-                });
-            }
-            if pending.len() >= CONFIRM_BATCH || done {
-                if done {
-                    // Documents without the key field were in no range.
-                    let keyless = self.keyless_docs(&t.index, &field).await?;
-                    report.docs += keyless.len() as u64;
-                    for (id, _) in keyless {
-                        pending.push(Candidate {
-                            id,
-                            db: None,
-                            at: p.clone(),
-                        });
-                    }
-                }
-                self.confirm(conn, t, std::mem::take(&mut pending), opts, report)
-                    .await?;
-            }
-            if done {
-                return Ok(());
-            }
-            lower = last_key;
-        }
-    }
-
-    async fn sample(
-        &self,
-        conn: &mut Conn,
-        t: &mut Target,
-        rows: usize,
-        seed: u64,
-        opts: &Options,
-        report: &mut TableReport,
-    ) -> Result<(), CheckError> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        t.qualified().hash(&mut h);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ h.finish());
-        let ids = match t.key_type {
-            KeyType::Integer => self.sample_integer_keys(conn, t, rows, &mut rng).await?,
-            KeyType::Text => {
-                let sql = format!(
-                    "SELECT CAST({} AS CHAR) FROM {} ORDER BY RAND({}) LIMIT {rows}",
-                    t.key_col,
-                    t.from,
-                    rng.gen::<u32>()
-                );
-                conn.query(sql).await?
-            }
-        };
-        let (p, db) = self.read_ids(conn, t, &ids, false, report).await?;
-        let es = self.mget(&t.index, &ids, true).await?;
-        report.rows += db.len() as u64;
-        report.docs += es.len() as u64;
-        let mut pending = Vec::new();
-        for id in &ids {
-            let row = match db.get(id) {
-                Some(RowState::Unrenderable) => continue,
-                Some(RowState::Doc(d, _)) => Some(*d),
-                None => None,
-            };
-            if !agree(row, es.get(id)) {
-                pending.push(Candidate {
-                    id: id.clone(),
-                    db: row,
-                    at: p.clone(),
-                });
-            }
-        }
-        self.confirm(conn, t, pending, opts, report).await
-    }
-
-    /// Up to `rows` keys drawn uniformly from those present in the table or in the index:
-    /// random integers over both key spans, kept when either side has them.
-    async fn sample_integer_keys(
-        &self,
-        conn: &mut Conn,
-        t: &Target,
-        rows: usize,
-        rng: &mut rand::rngs::StdRng,
-    ) -> Result<Vec<String>, CheckError> {
-        let db_bounds: Option<(Option<i128>, Option<i128>)> = {
-            let sql = format!(
-                "SELECT CAST(MIN({k}) AS CHAR), CAST(MAX({k}) AS CHAR) FROM {}",
-                t.from,
-                k = t.key_col
-            );
-            let r: Option<(Option<String>, Option<String>)> = conn.query_first(sql).await?;
-            r.map(|(a, b)| (a.and_then(|s| s.parse().ok()), b.and_then(|s| s.parse().ok())))
-        };
-        let mut lo: Option<i128> = db_bounds.and_then(|b| b.0);
-        let mut hi: Option<i128> = db_bounds.and_then(|b| b.1);
-        if let Some(field) = &t.key_field {
-            if let Some((a, b)) = self.es_key_bounds(&t.index, field).await? {
-                lo = Some(lo.map_or(a, |l| l.min(a)));
-                hi = Some(hi.map_or(b, |h| h.max(b)));
-            }
-        }
-        let (Some(lo), Some(hi)) = (lo, hi) else {
-            return Ok(Vec::new());
-        };
-        let span = (hi - lo + 1) as u128;
-        let mut chosen: Vec<String> = Vec::new();
-        let mut tried: HashSet<i128> = HashSet::new();
-        // Small spans are enumerated (shuffled); large ones are drawn at random.
-        let mut all: Option<Vec<i128>> = (span <= 200_000).then(|| {
-            let mut v: Vec<i128> = (lo..=hi).collect();
-            v.shuffle(rng);
-            v
-        });
-        for _ in 0..256 {
-            if chosen.len() >= rows {
-                break;
-            }
-            let want = ((rows - chosen.len()) * 4).clamp(256, 5_000);
-            let batch: Vec<i128> = match &mut all {
-                Some(v) => {
-                    let take = want.min(v.len());
-                    v.drain(..take).collect()
-                }
-                None => {
-                    let mut b = Vec::with_capacity(want);
-                    while b.len() < want && (tried.len() as u128) < span {
-                        let k = rng.gen_range(lo..=hi);
-                        if tried.insert(k) {
-                            b.push(k);
-                        }
-                    }
-                    b
-                }
-            };
-            if batch.is_empty() {
-                break;
-            }
-            let ids: Vec<String> = batch.iter().map(i128::to_string).collect();
-            let mut present: HashSet<String> = HashSet::new();
-            let params: Vec<mysql_async::Value> = batch.iter().map(|k| int_param(*k)).collect();
-            for chunk in params.chunks(KEYS_PER_QUERY) {
-                let sql = format!(
-                    "SELECT CAST({k} AS CHAR) FROM {} WHERE {k} IN ({})",
-                    t.from,
-                    vec!["?"; chunk.len()].join(", "),
-                    k = t.key_col
-                );
-                let found: Vec<String> = conn.exec(sql, chunk.to_vec()).await?;
-                present.extend(found);
-            }
-            present.extend(self.mget(&t.index, &ids, false).await?.into_keys());
-            // In draw order, so the first `rows` present keys are a uniform sample.
-            for id in ids {
-                if chosen.len() < rows && present.contains(&id) {
-                    chosen.push(id);
-                }
-            }
-        }
-        Ok(chosen)
-    }
-
-    // ---- re-check and repair ----
-
-    /// Re-checks candidates until each is confirmed, settled, or out of rounds (see the
-    /// module doc), then repairs the confirmed ones when asked to.
-    async fn confirm(
-        &self,
-        conn: &mut Conn,
-        t: &mut Target,
-        mut pending: Vec<Candidate>,
-        opts: &Options,
-        report: &mut TableReport,
-    ) -> Result<(), CheckError> {
-        // A document whose key field disagrees with its `_id` can surface in two ranges.
-        let mut seen = HashSet::new();
-        pending.retain(|c| seen.insert(c.id.clone()));
-        report.rechecked += pending.len() as u64;
-        let mut repairs: Vec<DocOp> = Vec::new();
-        let table: Arc<str> = Arc::from(t.qualified());
-        let index: Arc<str> = Arc::from(t.index.as_str());
-        for _round in 0..self.cfg.check.recheck_rounds {
-            if pending.is_empty() {
-                break;
-            }
-            let target = pending
-                .iter()
-                .map(|c| c.at.clone())
-                .max_by_key(|p| p.key().unwrap_or((0, 0)))
-                .expect("not empty");
-            if !self.wait_for_checkpoint(&target).await? {
-                for c in pending.drain(..) {
-                    report.unverified.add(&c.id);
-                }
-                break;
-            }
-            let ids: Vec<String> = pending.iter().map(|c| c.id.clone()).collect();
-            // The index after the checkpoint passed, then the row again in a new snapshot.
-            let es = self.mget(&t.index, &ids, true).await?;
-            let (p2, db) = self.read_ids(conn, t, &ids, opts.repair, report).await?;
-            let repair_version = after(&p2)? - 1;
-            let mut next = Vec::new();
-            for c in pending {
-                let (row, doc) = match db.get(&c.id) {
-                    Some(RowState::Unrenderable) => continue,
-                    Some(RowState::Doc(d, doc)) => (Some(*d), doc.clone()),
-                    None => (None, None),
-                };
-                let indexed = es.get(&c.id);
-                if agree(row, indexed) {
-                    continue; // was in flight
-                }
-                let stable = row == c.db;
-                let not_newer = indexed.is_none_or(|e| e.version < after(&c.at).unwrap_or(u64::MAX));
-                if !(stable && not_newer) {
-                    next.push(Candidate {
-                        id: c.id,
-                        db: row,
-                        at: p2.clone(),
-                    });
-                    continue;
-                }
-                let kind = match (row, indexed) {
-                    (Some(_), None) => Kind::Missing,
-                    (None, Some(_)) => Kind::Extra,
-                    _ => Kind::Stale,
-                };
-                report.found(kind).add(&c.id);
-                if opts.repair {
-                    let (action, op) = match (kind, doc) {
-                        (Kind::Extra, _) => (DocAction::Delete, RowOp::Delete),
-                        (Kind::Missing, Some(d)) => (DocAction::Index(d.to_string()), RowOp::Insert),
-                        (_, Some(d)) => (DocAction::Index(d.to_string()), RowOp::Update),
-                        (_, None) => continue,
-                    };
-                    repairs.push(DocOp {
-                        index: index.clone(),
-                        id: c.id,
-                        version: Version(repair_version),
-                        action,
-                        table: table.clone(),
-                        op,
-                    });
-                }
-            }
-            pending = next;
-        }
-        for c in &pending {
-            report.unsettled.add(&c.id);
-        }
-        if !repairs.is_empty() {
-            self.repair(repairs, report).await;
-        }
-        Ok(())
-    }
-
-    /// Waits (bounded) until the indexer's checkpoint is at or past `p`.
-    async fn wait_for_checkpoint(&self, p: &BinlogPosition) -> Result<bool, CheckError> {
-        let path = self.cfg.checkpoint_path();
-        let limit = Duration::from_millis(self.cfg.check.settle_timeout_ms);
-        let started = Instant::now();
-        let want = p.key()?;
-        loop {
-            let current = read_checkpoint(&path)?;
-            if let Some(c) = &current {
-                if c.key()? >= want {
-                    return Ok(true);
-                }
-            }
-            if started.elapsed() >= limit {
-                let have = current.map_or("none".to_string(), |c| c.to_string());
-                tracing::warn!(
-                    checkpoint = %have,
-                    read_at = %p,
-                    waited_ms = limit.as_millis() as u64,
-                    file = %path.display(),
-                    "the indexer's checkpoint has not passed the position the differing rows were read at; \
-                     is `cdc-indexer run` running with this configuration and keeping up? The differences \
-                     are reported unverified"
-                );
-                return Ok(false);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Writes repair operations with the sink's bulk encoding; transient failures are retried
-    /// a bounded number of times (a later check finds whatever is left).
-    async fn repair(&self, ops: Vec<DocOp>, report: &mut TableReport) {
-        let index = ops.first().map(|o| o.index.to_string()).unwrap_or_default();
-        let mut applied = 0u64;
-        for batch in ops.chunks(REPAIR_BATCH) {
-            let mut pending: Vec<&DocOp> = batch.iter().collect();
-            let mut delays = crate::retry::delays(
-                Duration::from_millis(self.cfg.sink.retry_min_ms),
-                Duration::from_millis(self.cfg.sink.retry_max_ms),
-            );
-            for attempt in 1..=8 {
-                let mut buf = BytesMut::new();
-                for op in &pending {
-                    bulk::encode(&mut buf, op);
-                }
-                let mut retry = Vec::new();
-                match crate::sink::post_bulk(&self.client, self.timeout, buf.freeze(), pending.len()).await {
-                    BulkOutcome::Items(items) => {
-                        for (op, item) in pending.iter().zip(items) {
-                            match item {
-                                ItemOutcome::Done => applied += 1,
-                                ItemOutcome::Stale => report.superseded += 1,
-                                ItemOutcome::Retry { .. } => retry.push(*op),
-                                ItemOutcome::DeadLetter { reason, .. } | ItemOutcome::Fatal { reason, .. } => {
-                                    tracing::warn!(index = %op.index, id = %op.id, %reason, "repair rejected");
-                                    report.repair_failed.add(&op.id);
-                                }
-                            }
-                        }
-                    }
-                    BulkOutcome::RetryAll { reason, .. } => {
-                        tracing::warn!(%reason, attempt, "repair bulk request failed; retrying");
-                        retry = pending.clone();
-                    }
-                    BulkOutcome::TooLarge | BulkOutcome::Fatal { .. } => {
-                        for op in &pending {
-                            report.repair_failed.add(&op.id);
-                        }
-                    }
-                }
-                pending = retry;
-                if pending.is_empty() {
-                    break;
-                }
-                if attempt == 8 {
-                    for op in &pending {
-                        report.repair_failed.add(&op.id);
-                    }
-                    break;
-                }
-                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
-            }
-        }
-        report.repaired += applied;
-        crate::metrics::get().check_repaired(&index, applied);
     }
 }
 
