@@ -22,7 +22,8 @@ async fn main() -> Result<()> {
         .map(|n| n.parse().context("--orders takes a number"))
         .transpose()?
         .unwrap_or(20_000);
-    tracing_subscriber::fmt().with_env_filter("warn").init();
+    let filter = std::env::var("CDC_LOG").unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).init();
 
     let mysql = tokio::task::spawn_blocking(MySqlTarget::from_env_or_start).await??;
     let es_target = tokio::task::spawn_blocking(EsTarget::from_env_or_start).await??;

@@ -776,6 +776,7 @@ impl Checker<'_> {
         let mut pending: Vec<Candidate> = Vec::new();
         loop {
             // The database side of the range, in its own short snapshot.
+            let started = Instant::now();
             let p = snapshot::begin_consistent_snapshot(conn, self.mariadb).await?;
             let rows: Vec<mysql_async::Row> = match lower {
                 None => {
@@ -809,11 +810,22 @@ impl Checker<'_> {
                 let (es, index, field) = (self.es.clone(), t.index.clone(), field.clone());
                 tokio::spawn(async move { es.range_docs(&index, &field, lower, upper).await })
             };
+            let read_ms = started.elapsed().as_millis() as u64;
             let db = t.render(rows, false, report);
+            let rendered_ms = started.elapsed().as_millis() as u64;
             let es = es_side.await.map_err(|e| CheckError::Es {
                 what: "range read".into(),
                 reason: e.to_string(),
             })??;
+            tracing::debug!(
+                index = %t.index,
+                rows = n,
+                docs = es.len(),
+                read_ms,
+                rendered_ms,
+                both_ms = started.elapsed().as_millis() as u64,
+                "range read"
+            );
             report.ranges += 1;
             report.rows += n;
             report.docs += es.len() as u64;
