@@ -50,6 +50,9 @@ pub struct Config {
     /// Customer-service search: the tokenizer's user dictionary and the indexes queried.
     #[serde(default)]
     pub search: SearchConfig,
+    /// Consistency checker: `cdc-indexer check` and the scheduled check inside `run`.
+    #[serde(default)]
+    pub check: CheckConfig,
 }
 
 #[derive(Clone, Deserialize)]
@@ -310,6 +313,44 @@ impl Default for SearchConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    /// `run` performs a sampling check every this many seconds; 0 disables the scheduled check.
+    #[serde(default)]
+    pub interval_seconds: u64,
+    /// Primary keys sampled per table (scheduled check, and `check` without `--full`).
+    #[serde(default = "defaults::check_sample_rows")]
+    pub sample_rows: usize,
+    /// Whether the scheduled check re-indexes the differences it confirms.
+    #[serde(default = "defaults::yes")]
+    pub repair: bool,
+    /// Rows per primary-key range compared at once in full mode (bounds memory).
+    #[serde(default = "defaults::check_range_rows")]
+    pub range_rows: u64,
+    /// How long, in milliseconds, a re-check waits for the indexer's checkpoint to pass the
+    /// position a differing row was read at; differences still waiting are reported unverified.
+    #[serde(default = "defaults::check_settle_timeout_ms")]
+    pub settle_timeout_ms: u64,
+    /// Re-checks of a row that changed again since it was read, before it is reported as
+    /// unsettled (still changing) rather than compared.
+    #[serde(default = "defaults::check_recheck_rounds")]
+    pub recheck_rounds: u32,
+}
+
+impl Default for CheckConfig {
+    fn default() -> Self {
+        CheckConfig {
+            interval_seconds: 0,
+            sample_rows: defaults::check_sample_rows(),
+            repair: true,
+            range_rows: defaults::check_range_rows(),
+            settle_timeout_ms: defaults::check_settle_timeout_ms(),
+            recheck_rounds: defaults::check_recheck_rounds(),
+        }
+    }
+}
+
 /// What to do with a field larger than `max_field_bytes`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -389,6 +430,18 @@ mod defaults {
     }
     pub fn text_fields() -> Vec<String> {
         vec!["buyer_name".into(), "address".into()]
+    }
+    pub fn check_sample_rows() -> usize {
+        1_000
+    }
+    pub fn check_range_rows() -> u64 {
+        5_000
+    }
+    pub fn check_settle_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn check_recheck_rounds() -> u32 {
+        5
     }
     pub fn metrics_listen() -> String {
         "127.0.0.1:9187".into()
@@ -516,6 +569,7 @@ impl Config {
         if self.search.text_fields.iter().any(String::is_empty) {
             return Err(invalid("search.text_fields", "field names must be non-empty"));
         }
+        self.check.validate()?;
         if self.tables.is_empty() {
             return Err(invalid("tables", "at least one table mapping is required"));
         }
@@ -670,6 +724,33 @@ impl TableMapping {
                     "must be 1 to 32 characters of A-Z a-z 0-9 _ -",
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl CheckConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=1_000_000).contains(&self.sample_rows) {
+            return Err(invalid("check.sample_rows", "must be between 1 and 1000000"));
+        }
+        if !(10..=100_000).contains(&self.range_rows) {
+            return Err(invalid("check.range_rows", "must be between 10 and 100000 rows"));
+        }
+        if !(100..=3_600_000).contains(&self.settle_timeout_ms) {
+            return Err(invalid(
+                "check.settle_timeout_ms",
+                "must be between 100 and 3600000 milliseconds",
+            ));
+        }
+        if !(1..=20).contains(&self.recheck_rounds) {
+            return Err(invalid("check.recheck_rounds", "must be between 1 and 20"));
+        }
+        if self.interval_seconds > 7 * 86_400 {
+            return Err(invalid(
+                "check.interval_seconds",
+                "must be at most 604800 seconds (a week), or 0 to disable the scheduled check",
+            ));
         }
         Ok(())
     }
@@ -949,6 +1030,30 @@ mod tests {
             crate::mask::HashKey::new(b"0123456789abcdef", None).hash("x")
         );
         assert_eq!(c.search.orders_index, "orders");
+    }
+
+    #[test]
+    fn check_keys_have_defaults_and_are_validated() {
+        let c = Config::parse(MINIMAL, "t", env(&[])).unwrap();
+        assert_eq!(c.check.interval_seconds, 0);
+        assert_eq!(c.check.sample_rows, 1_000);
+        assert!(c.check.repair);
+        let c = Config::parse(MINIMAL, "t", env(&[("CDC_CHECK__INTERVAL_SECONDS", "600")])).unwrap();
+        assert_eq!(c.check.interval_seconds, 600);
+        for (var, value, key) in [
+            ("CDC_CHECK__SAMPLE_ROWS", "0", "check.sample_rows"),
+            ("CDC_CHECK__RANGE_ROWS", "1", "check.range_rows"),
+            ("CDC_CHECK__SETTLE_TIMEOUT_MS", "5", "check.settle_timeout_ms"),
+            ("CDC_CHECK__RECHECK_ROUNDS", "0", "check.recheck_rounds"),
+        ] {
+            let e = Config::parse(MINIMAL, "t", env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        let text = format!("{MINIMAL}\n[check]\nintervall_seconds = 5\n");
+        let e = Config::parse(&text, "t", env(&[])).unwrap_err().to_string();
+        assert!(e.contains("intervall_seconds"), "{e}");
     }
 
     #[test]

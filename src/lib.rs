@@ -4,6 +4,7 @@
 pub mod binlog_watch;
 pub mod bulk;
 pub mod change;
+pub mod checker;
 pub mod checkpoint;
 pub mod config;
 pub mod congestion;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cdc_indexer::{config::Config, pipeline, status};
+use cdc_indexer::{checker, config::Config, pipeline, status};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -38,6 +38,34 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Compare the database with the index (random sample, or every row with --full); exit
+    /// code 0 clean, 1 drift found, 2 error, 3 incomplete (something left unverified).
+    Check {
+        #[arg(long, short, default_value = "cdc-indexer.toml")]
+        config: PathBuf,
+        /// Compare every row, by primary-key ranges, instead of a random sample.
+        #[arg(long, conflicts_with = "sample")]
+        full: bool,
+        /// Primary keys to sample per table (default: check.sample_rows).
+        #[arg(long)]
+        sample: Option<usize>,
+        /// Seed of the sample (default: random; the report shows it so a run can be replayed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Re-index exactly the differing rows, and delete extra documents.
+        #[arg(long)]
+        repair: bool,
+        /// Only the table mapping writing to this index (alias).
+        #[arg(long)]
+        index: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also write the check's metrics (Prometheus text format) to this file, e.g. for
+        /// node-exporter's textfile collector.
+        #[arg(long)]
+        metrics_file: Option<PathBuf>,
     },
     /// Customer-service search: name, last 4 phone digits, date, phone, order number, address.
     Search {
@@ -200,6 +228,37 @@ async fn main() -> ExitCode {
             json,
             size,
         } => search(&config, &text, json, size).await,
+        Command::Check {
+            config,
+            full,
+            sample,
+            seed,
+            repair,
+            index,
+            json,
+            metrics_file,
+        } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(&cfg);
+            let mode = if full {
+                checker::Mode::Full
+            } else {
+                checker::Mode::Sample {
+                    rows: sample.unwrap_or(cfg.check.sample_rows),
+                    seed: seed.unwrap_or_else(rand::random),
+                }
+            };
+            check(
+                &cfg,
+                checker::Options { mode, repair, index },
+                json,
+                metrics_file.as_deref(),
+            )
+            .await
+        }
         Command::Status { config, json } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
@@ -219,6 +278,39 @@ async fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `cdc-indexer check`: the report on stdout, the exit code per [`checker`]'s `EXIT_*`.
+async fn check(cfg: &Config, opts: checker::Options, json: bool, metrics_file: Option<&std::path::Path>) -> ExitCode {
+    if let Some(i) = &opts.index {
+        if !cfg.tables.iter().any(|t| &t.index == i) {
+            eprintln!("error: no table mapping writes to index {i}");
+            return ExitCode::from(checker::EXIT_ERROR);
+        }
+    }
+    let result = checker::run(cfg, None, &opts).await;
+    if let Some(path) = metrics_file {
+        let tmp = path.with_extension("tmp");
+        let written =
+            std::fs::write(&tmp, cdc_indexer::metrics::get().render_check()).and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            eprintln!("error: writing {}: {e}", path.display());
+        }
+    }
+    match result {
+        Ok(report) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+            } else {
+                print!("{}", report.render());
+            }
+            ExitCode::from(report.exit_code)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(checker::EXIT_ERROR)
         }
     }
 }

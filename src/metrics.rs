@@ -63,9 +63,12 @@ pub mod names {
     pub const SOURCE_CONNECTED: &str = "cdc_source_connected";
     pub const SOURCE_RECONNECTS_TOTAL: &str = "cdc_source_reconnects_total";
     pub const HEARTBEAT_WRITE_ERRORS_TOTAL: &str = "cdc_heartbeat_write_errors_total";
-    /// Rows that differ between the database and the index, set by the consistency checker
-    /// (not exported until that checker exists; the alert rule is already in place).
+    /// Rows found differing (confirmed) by the last consistency check of an index, by kind.
     pub const CHECK_DRIFT_ROWS: &str = "cdc_check_drift_rows";
+    pub const CHECK_RUNS_TOTAL: &str = "cdc_check_runs_total";
+    pub const CHECK_LAST_RUN_TIMESTAMP_SECONDS: &str = "cdc_check_last_run_timestamp_seconds";
+    pub const CHECK_DURATION_SECONDS: &str = "cdc_check_duration_seconds";
+    pub const CHECK_REPAIRED_DOCS_TOTAL: &str = "cdc_check_repaired_docs_total";
 }
 
 /// Unacknowledged work older than this makes `/readyz` fail.
@@ -104,6 +107,11 @@ pub struct Metrics {
     source_connected: IntGauge,
     reconnects: IntCounter,
     heartbeat_errors: IntCounter,
+    check_drift: IntGaugeVec,
+    check_runs: IntCounterVec,
+    check_last_run: IntGaugeVec,
+    check_duration: prometheus::GaugeVec,
+    check_repaired: IntCounterVec,
     state: Mutex<LagState>,
     probes: Mutex<Vec<(ProbeKind, Probe)>>,
     last_ack_ms: AtomicU64,
@@ -284,6 +292,49 @@ impl Metrics {
             source_connected: igauge(SOURCE_CONNECTED, "1 while the binlog stream is established"),
             reconnects: counter(SOURCE_RECONNECTS_TOTAL, "Binlog stream interruptions"),
             heartbeat_errors: counter(HEARTBEAT_WRITE_ERRORS_TOTAL, "Failed heartbeat row writes"),
+            check_drift: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        CHECK_DRIFT_ROWS,
+                        "Rows the last consistency check of the index confirmed as missing, extra or stale",
+                    ),
+                    &["index", "kind"],
+                )
+                .expect("valid"),
+            ),
+            check_runs: counter_vec(
+                CHECK_RUNS_TOTAL,
+                "Consistency checks run, by mode and result (clean, drift, incomplete, error)",
+                &["mode", "result"],
+            ),
+            check_last_run: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        CHECK_LAST_RUN_TIMESTAMP_SECONDS,
+                        "When the last consistency check of this mode finished (epoch seconds)",
+                    ),
+                    &["mode"],
+                )
+                .expect("valid"),
+            ),
+            check_duration: reg(
+                &registry,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        CHECK_DURATION_SECONDS,
+                        "Duration of the last consistency check of this mode",
+                    ),
+                    &["mode"],
+                )
+                .expect("valid"),
+            ),
+            check_repaired: counter_vec(
+                CHECK_REPAIRED_DOCS_TOTAL,
+                "Documents re-indexed or deleted by consistency-check repairs",
+                &["index"],
+            ),
             registry,
             state: Mutex::new(LagState::default()),
             probes: Mutex::new(Vec::new()),
@@ -356,6 +407,41 @@ impl Metrics {
 
     pub fn heartbeat_write_failed(&self) {
         self.heartbeat_errors.inc();
+    }
+
+    /// The last check of `index` confirmed `rows` differences of `kind` (missing/extra/stale).
+    pub fn check_drift(&self, index: &str, kind: &str, rows: u64) {
+        self.check_drift.with_label_values(&[index, kind]).set(rows as i64);
+    }
+
+    /// A consistency check of `mode` (sample/full) ended with `result` after `seconds`.
+    pub fn check_finished(&self, mode: &str, result: &str, seconds: f64) {
+        self.check_runs.with_label_values(&[mode, result]).inc();
+        self.check_last_run
+            .with_label_values(&[mode])
+            .set((now_ms() / 1000) as i64);
+        self.check_duration.with_label_values(&[mode]).set(seconds);
+    }
+
+    /// A repair re-indexed or deleted `docs` documents of `index`.
+    pub fn check_repaired(&self, index: &str, docs: u64) {
+        self.check_repaired.with_label_values(&[index]).inc_by(docs);
+    }
+
+    /// The Prometheus text exposition of the consistency-check metrics only (for a one-shot
+    /// `cdc-indexer check` writing a node-exporter textfile).
+    pub fn render_check(&self) -> Vec<u8> {
+        let families: Vec<_> = self
+            .registry
+            .gather()
+            .into_iter()
+            .filter(|f| f.name().starts_with("cdc_check_"))
+            .collect();
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&families, &mut buf)
+            .expect("text encoding into memory cannot fail");
+        buf
     }
 
     /// The source has read the event ending at `offset` of binlog file number `file_seq`.
@@ -600,6 +686,9 @@ mod tests {
         m.change_indexed("shop.orders", RowOp::Insert);
         m.change_dead_lettered("shop.orders", "update");
         drop(m.bulk_started(3, 900));
+        m.check_drift("orders", "missing", 2);
+        m.check_finished("full", "drift", 1.5);
+        m.check_repaired("orders", 2);
         let text = String::from_utf8(m.render()).unwrap();
         for name in [
             names::BUILD_INFO,
@@ -625,18 +714,40 @@ mod tests {
             names::BINLOG_RETENTION_HEADROOM_FILES,
             names::SOURCE_CONNECTED,
             names::SOURCE_RECONNECTS_TOTAL,
+            names::CHECK_DRIFT_ROWS,
+            names::CHECK_RUNS_TOTAL,
+            names::CHECK_LAST_RUN_TIMESTAMP_SECONDS,
+            names::CHECK_DURATION_SECONDS,
+            names::CHECK_REPAIRED_DOCS_TOTAL,
             "process_cpu_seconds_total",
         ] {
             assert!(text.contains(&format!("\n{name}")), "{name} missing:\n{text}");
         }
         assert!(text.contains(r#"cdc_build_info{version="#), "{text}");
+        assert!(
+            text.contains(r#"cdc_check_drift_rows{index="orders",kind="missing"} 2"#),
+            "{text}"
+        );
+        let only_check = String::from_utf8(m.render_check()).unwrap();
+        assert!(only_check.contains(names::CHECK_RUNS_TOTAL) && !only_check.contains(names::BUILD_INFO));
         assert!(text.contains(r#"cdc_changes_read_total{op="insert",table="shop.orders"} 1"#));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let labels = line.split_once('{').map(|(_, r)| r).unwrap_or("");
             for pair in labels.split(',').filter(|p| p.contains('=')) {
                 let name = pair.split('=').next().unwrap();
                 assert!(
-                    ["table", "op", "version", "le", "index", "status_class"].contains(&name),
+                    [
+                        "table",
+                        "op",
+                        "version",
+                        "le",
+                        "index",
+                        "status_class",
+                        "kind",
+                        "mode",
+                        "result"
+                    ]
+                    .contains(&name),
                     "unexpected label {name} in {line}"
                 );
             }

@@ -104,6 +104,15 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Pip
         )?)),
         false => None,
     };
+    // The scheduled consistency check (sampling, the compensation job): a helper like the
+    // monitors above, so its failures never stop the pipeline.
+    if cfg.check.interval_seconds > 0 {
+        helpers.push(tokio::spawn(crate::checker::schedule(
+            cfg.clone(),
+            tokenizer.clone(),
+            shutdown.clone(),
+        )));
+    }
     let router = Router::new(
         cfg.tables
             .iter()

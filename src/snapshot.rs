@@ -63,7 +63,7 @@ impl SnapshotError {
     }
 }
 
-fn ident(s: &str) -> String {
+pub(crate) fn ident(s: &str) -> String {
     format!("`{}`", s.replace('`', "``"))
 }
 
@@ -98,27 +98,7 @@ async fn attempt(
     tx: &tokio::sync::mpsc::Sender<SourceEvent>,
 ) -> Result<BinlogPosition, SnapshotError> {
     let mut conn = connect(url).await?;
-    conn.query_drop("SET SESSION time_zone = '+00:00'").await?;
-    conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        .await?;
-    let position = if mariadb {
-        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await?;
-        let file: Option<(String, String)> = conn.query_first("SHOW STATUS LIKE 'binlog_snapshot_file'").await?;
-        let pos: Option<(String, u64)> = conn.query_first("SHOW STATUS LIKE 'binlog_snapshot_position'").await?;
-        let mut p = current_position(&mut conn, true).await?;
-        p.file = file.map(|f| f.1).unwrap_or(p.file);
-        p.pos = pos.map(|p| p.1).unwrap_or(p.pos);
-        // The GTID state read separately may be newer than the snapshot; positions are what
-        // we resume from, so do not record a GTID that could be ahead of them.
-        p.gtid = None;
-        p
-    } else {
-        conn.query_drop("FLUSH TABLES WITH READ LOCK").await?;
-        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await?;
-        let p = current_position(&mut conn, false).await;
-        conn.query_drop("UNLOCK TABLES").await?;
-        p?
-    };
+    let position = begin_consistent_snapshot(&mut conn, mariadb).await?;
     tracing::info!(%position, "initial load: consistent snapshot taken");
     let stream_from = match interrupted(marker)? {
         Some(first) => {
@@ -150,6 +130,34 @@ async fn attempt(
     .await
     .map_err(|_| SnapshotError::Closed)?;
     Ok(stream_from)
+}
+
+/// Opens a `START TRANSACTION WITH CONSISTENT SNAPSHOT` on `conn` (session time zone UTC, so
+/// TIMESTAMP values read as instants) and returns the binlog position the snapshot corresponds
+/// to. The caller ends it with `COMMIT`. Shared by the initial load and the consistency checker.
+pub(crate) async fn begin_consistent_snapshot(conn: &mut Conn, mariadb: bool) -> Result<BinlogPosition, SnapshotError> {
+    conn.query_drop("SET SESSION time_zone = '+00:00'").await?;
+    conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .await?;
+    let position = if mariadb {
+        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await?;
+        let file: Option<(String, String)> = conn.query_first("SHOW STATUS LIKE 'binlog_snapshot_file'").await?;
+        let pos: Option<(String, u64)> = conn.query_first("SHOW STATUS LIKE 'binlog_snapshot_position'").await?;
+        let mut p = current_position(conn, true).await?;
+        p.file = file.map(|f| f.1).unwrap_or(p.file);
+        p.pos = pos.map(|p| p.1).unwrap_or(p.pos);
+        // The GTID state read separately may be newer than the snapshot; positions are what
+        // we resume from, so do not record a GTID that could be ahead of them.
+        p.gtid = None;
+        p
+    } else {
+        conn.query_drop("FLUSH TABLES WITH READ LOCK").await?;
+        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await?;
+        let p = current_position(conn, false).await;
+        conn.query_drop("UNLOCK TABLES").await?;
+        p?
+    };
+    Ok(position)
 }
 
 /// The position an interrupted initial load began at, if one was interrupted.
@@ -261,7 +269,7 @@ async fn load_table(
     }
 }
 
-fn schema_from_columns(db: &str, table: &str, cols: &[Column], key_pos: &[usize]) -> TableSchema {
+pub(crate) fn schema_from_columns(db: &str, table: &str, cols: &[Column], key_pos: &[usize]) -> TableSchema {
     TableSchema::new(
         db.into(),
         table.into(),
@@ -281,7 +289,7 @@ fn schema_from_columns(db: &str, table: &str, cols: &[Column], key_pos: &[usize]
 }
 
 /// Converts a binary-protocol row to the same [`Value`]s the binlog decoder produces.
-fn row_values(row: mysql_async::Row) -> Vec<Value> {
+pub(crate) fn row_values(row: mysql_async::Row) -> Vec<Value> {
     let cols = row.columns();
     row.unwrap()
         .into_iter()

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `cdc-indexer` binary between a real MariaDB (binary log on) and
 //! an Elasticsearch-compatible server, compared row by row with an SQL-only oracle.
 
+mod check;
 mod harness;
 mod sink_chaos;
 
