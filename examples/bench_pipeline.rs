@@ -198,7 +198,8 @@ async fn master_position(conn: &mut mysql_async::Conn) -> Result<(String, u64)> 
 }
 
 fn reached(cp: &Option<(String, u64)>, end: &(String, u64)) -> bool {
-    cp.as_ref().is_some_and(|(f, p)| (f.as_str(), *p) >= (end.0.as_str(), end.1))
+    cp.as_ref()
+        .is_some_and(|(f, p)| (f.as_str(), *p) >= (end.0.as_str(), end.1))
 }
 
 /// Writes the backlog into `db`: the sample's inserts, one update of every order, and deletes
@@ -403,10 +404,18 @@ async fn main() -> Result<()> {
             .collect();
         let mut lat: Vec<f64> = committed
             .iter()
-            .filter_map(|(id, c)| answered.get(id).map(|a| a.saturating_duration_since(*c).as_secs_f64() * 1e3))
+            .filter_map(|(id, c)| {
+                answered
+                    .get(id)
+                    .map(|a| a.saturating_duration_since(*c).as_secs_f64() * 1e3)
+            })
             .collect();
         if lat.len() != committed.len() {
-            bail!("{} of {} committed rows were never acknowledged", committed.len() - lat.len(), committed.len());
+            bail!(
+                "{} of {} committed rows were never acknowledged",
+                committed.len() - lat.len(),
+                committed.len()
+            );
         }
         lat.sort_by(f64::total_cmp);
         let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];

@@ -158,12 +158,16 @@ pub struct StateConfig {
     /// Directory for the checkpoint and the dead-letter file.
     #[serde(default = "defaults::state_dir")]
     pub dir: PathBuf,
+    /// Size in bytes at which the dead-letter file is sealed into a segment and a new one begun.
+    #[serde(default = "defaults::dead_letter_segment_bytes")]
+    pub dead_letter_segment_bytes: u64,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             dir: defaults::state_dir(),
+            dead_letter_segment_bytes: defaults::dead_letter_segment_bytes(),
         }
     }
 }
@@ -413,6 +417,9 @@ mod defaults {
     pub fn queue_capacity() -> usize {
         10_000
     }
+    pub fn dead_letter_segment_bytes() -> u64 {
+        crate::dead_letter::SEGMENT_BYTES
+    }
     pub fn state_dir() -> PathBuf {
         PathBuf::from("state")
     }
@@ -530,6 +537,12 @@ impl Config {
             return Err(invalid(
                 "sink.retry_max_ms",
                 "retry_min_ms must be > 0 and retry_max_ms >= retry_min_ms",
+            ));
+        }
+        if self.state.dead_letter_segment_bytes < 4096 {
+            return Err(invalid(
+                "state.dead_letter_segment_bytes",
+                "must be at least 4096 bytes",
             ));
         }
         if self.sink.queue_capacity == 0 {

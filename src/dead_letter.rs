@@ -10,6 +10,15 @@
 //! operator has fixed the cause (e.g. the mapping): a document that has since been superseded
 //! is answered 409 and dropped as stale, so a replay can never roll a document back. Only
 //! records that were written or found stale leave the file; the file is rewritten atomically.
+//!
+//! Rotation: the active file (`dead-letter.jsonl`) is sealed into a segment
+//! (`dead-letter-<epoch seconds>-<n>.jsonl` beside it) once it would grow past its size limit, so
+//! no single file grows without bound; segments are never deleted by the indexer (a dead letter
+//! is data the operator still has to act on). Writer and replay coordinate with an exclusive
+//! `flock` on the active file: the writer takes it for every append and, holding it, reopens the
+//! path if the file it holds was sealed meanwhile; replay takes it to seal the active file
+//! before reading. So a replay running next to a live indexer never reads a file that is still
+//! being appended to, and an append never lands in a file that replay is rewriting.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,8 +57,111 @@ pub struct Record {
     pub document: Option<Box<serde_json::value::RawValue>>,
 }
 
-/// Reads every record of the file (none if it does not exist).
+/// Reads every record: the sealed segments, oldest first, then the active file at `path`.
 pub fn read_all(path: &Path) -> std::io::Result<Vec<Record>> {
+    let mut records = Vec::new();
+    for file in segments(path)?.iter().map(PathBuf::as_path).chain([path]) {
+        records.extend(read_file(file)?);
+    }
+    Ok(records)
+}
+
+/// The sealed segments of the active file `path`, oldest first.
+fn segments(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let (Some(dir), Some(stem)) = (path.parent(), path.file_stem().and_then(|s| s.to_str())) else {
+        return Ok(Vec::new());
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{stem}-");
+    let mut found: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".jsonl"))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    // Names carry zero-padded seconds and a counter: lexical order is age order.
+    found.sort();
+    Ok(found)
+}
+
+/// A new segment name beside `path`.
+fn segment_name(path: &Path) -> PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("dead-letter");
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    path.with_file_name(format!(
+        "{stem}-{:012}-{:06}-{n:04}.jsonl",
+        now_secs(),
+        std::process::id()
+    ))
+}
+
+/// Holds an exclusive `flock` on a file until dropped.
+struct Locked<'a>(&'a std::fs::File);
+
+impl<'a> Locked<'a> {
+    fn new(file: &'a std::fs::File) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a file descriptor we own; it blocks until the lock is ours.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Locked(file))
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as above; unlocking cannot fail in a way we could act on.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+/// Whether `path` still names the file `file` has open.
+fn is_current(path: &Path, file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let held = file.metadata()?;
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(m.ino() == held.ino() && m.dev() == held.dev()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Seals the active file into a segment (under its lock), if it has records.
+fn seal(path: &Path) -> std::io::Result<()> {
+    let file = match std::fs::OpenOptions::new().append(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let _lock = Locked::new(&file)?;
+    if is_current(path, &file)? && file.metadata()?.len() > 0 {
+        std::fs::rename(path, segment_name(path))?;
+        sync_dir(path)?;
+    }
+    Ok(())
+}
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+fn read_file(path: &Path) -> std::io::Result<Vec<Record>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -103,14 +215,44 @@ pub async fn replay(
     path: &Path,
     dry_run: bool,
 ) -> Result<ReplayReport, crate::sink::SinkError> {
+    let io = |e: std::io::Error| crate::sink::SinkError::DeadLetterIo {
+        path: path.display().to_string(),
+        source: e,
+    };
+    if !dry_run {
+        seal(path).map_err(io)?;
+    }
+    let mut report = ReplayReport::default();
+    let files = match dry_run {
+        true => segments(path)
+            .map_err(io)?
+            .into_iter()
+            .chain([path.to_owned()])
+            .collect(),
+        false => segments(path).map_err(io)?,
+    };
+    for file in files {
+        replay_file(client, timeout, &file, dry_run, &mut report).await?;
+    }
+    Ok(report)
+}
+
+/// Replays one sealed segment (or, in a dry run, any file); what still fails stays in it, and
+/// a segment left empty is removed.
+async fn replay_file(
+    client: &elasticsearch::Elasticsearch,
+    timeout: std::time::Duration,
+    path: &Path,
+    dry_run: bool,
+    report: &mut ReplayReport,
+) -> Result<(), crate::sink::SinkError> {
     use crate::bulk::{BulkOutcome, ItemOutcome};
     use crate::change::{DocAction, DocOp, RowOp};
     let io = |e: std::io::Error| crate::sink::SinkError::DeadLetterIo {
         path: path.display().to_string(),
         source: e,
     };
-    let records = read_all(path).map_err(io)?;
-    let mut report = ReplayReport::default();
+    let records = read_file(path).map_err(io)?;
     let mut keep = Vec::new();
     let mut ops = Vec::new();
     for r in records {
@@ -134,9 +276,9 @@ pub async fn replay(
             }
         }
     }
-    if dry_run || ops.is_empty() {
-        report.kept = ops.len();
-        return Ok(report);
+    if dry_run {
+        report.kept += ops.len();
+        return Ok(());
     }
     for chunk in ops.chunks(500) {
         let mut body = bytes::BytesMut::new();
@@ -177,25 +319,39 @@ pub async fn replay(
             }
         }
     }
-    rewrite(path, &keep).map_err(io)?;
-    Ok(report)
+    if keep.is_empty() {
+        std::fs::remove_file(path).map_err(io)?;
+        sync_dir(path).map_err(io)?;
+    } else {
+        rewrite(path, &keep).map_err(io)?;
+    }
+    Ok(())
 }
+
+/// The default size at which the active file is sealed into a segment.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 pub struct DeadLetters {
     path: PathBuf,
     file: std::fs::File,
+    segment_bytes: u64,
 }
 
 impl DeadLetters {
-    pub fn open(path: &Path) -> std::io::Result<Self> {
+    /// Opens (creating) the active file; it is sealed once it would pass `segment_bytes`.
+    pub fn open(path: &Path, segment_bytes: u64) -> std::io::Result<Self> {
         if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
         Ok(DeadLetters {
             path: path.into(),
-            file,
+            file: Self::open_active(path)?,
+            segment_bytes,
         })
+    }
+
+    fn open_active(path: &Path) -> std::io::Result<std::fs::File> {
+        std::fs::OpenOptions::new().create(true).append(true).open(path)
     }
 
     pub fn path(&self) -> &Path {
@@ -212,8 +368,24 @@ impl DeadLetters {
             serde_json::to_writer(&mut buf, r).map_err(std::io::Error::other)?;
             buf.push(b'\n');
         }
-        self.file.write_all(&buf)?;
-        self.file.sync_data()
+        loop {
+            let file = self.file.try_clone()?;
+            let _lock = Locked::new(&file)?;
+            if !is_current(&self.path, &file)? {
+                // Sealed by a replay: append to the new active file instead.
+                self.file = Self::open_active(&self.path)?;
+                continue;
+            }
+            let len = file.metadata()?.len();
+            if len > 0 && len + buf.len() as u64 > self.segment_bytes {
+                std::fs::rename(&self.path, segment_name(&self.path))?;
+                sync_dir(&self.path)?;
+                self.file = Self::open_active(&self.path)?;
+                continue;
+            }
+            self.file.write_all(&buf)?;
+            return self.file.sync_data();
+        }
     }
 }
 
@@ -229,13 +401,64 @@ pub fn now_secs() -> u64 {
 mod tests {
     use super::*;
 
+    fn record(id: &str) -> DeadLetter<'_> {
+        DeadLetter {
+            at: 1,
+            table: "shop.orders",
+            index: "orders",
+            id: Some(id),
+            op: "insert",
+            version: 9,
+            status: Some(400),
+            reason: "strict_dynamic_mapping_exception",
+            document: None,
+        }
+    }
+
+    #[test]
+    fn the_active_file_is_sealed_into_segments_and_nothing_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead-letter.jsonl");
+        let mut d = DeadLetters::open(&path, 4096).unwrap();
+        let ids: Vec<String> = (0..200).map(|i| format!("{i:05}")).collect();
+        for id in &ids {
+            d.write(&[record(id)]).unwrap();
+        }
+        let segs = segments(&path).unwrap();
+        assert!(segs.len() >= 3, "{segs:?}");
+        for s in &segs {
+            assert!(std::fs::metadata(s).unwrap().len() <= 4096);
+        }
+        let read: Vec<String> = read_all(&path).unwrap().into_iter().map(|r| r.id.unwrap()).collect();
+        assert_eq!(read, ids, "every record, oldest first");
+    }
+
+    #[test]
+    fn a_writer_follows_a_seal_by_another_process() {
+        // GIVEN a writer holding the active file open
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead-letter.jsonl");
+        let mut d = DeadLetters::open(&path, SEGMENT_BYTES).unwrap();
+        d.write(&[record("a")]).unwrap();
+        // WHEN a replay seals the file, and the writer appends again
+        seal(&path).unwrap();
+        d.write(&[record("b")]).unwrap();
+        // THEN the sealed segment holds only what came before, the new active file the rest
+        let segs = segments(&path).unwrap();
+        assert_eq!(segs.len(), 1);
+        assert_eq!(read_file(&segs[0]).unwrap()[0].id.as_deref(), Some("a"));
+        let active = read_file(&path).unwrap();
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].id.as_deref(), Some("b"));
+    }
+
     #[test]
     fn records_are_appended_as_json_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dlq/dead-letter.jsonl");
         let doc = serde_json::value::RawValue::from_string(r#"{"a":1}"#.into()).unwrap();
         for _ in 0..2 {
-            let mut d = DeadLetters::open(&path).unwrap();
+            let mut d = DeadLetters::open(&path, SEGMENT_BYTES).unwrap();
             d.write(&[DeadLetter {
                 at: 1,
                 table: "shop.orders",

@@ -47,10 +47,13 @@ pub enum PipelineError {
 /// Runs the indexer until `shutdown` turns true or a fatal error occurs.
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), PipelineError> {
     let mut store = CheckpointStore::open(&cfg.checkpoint_path())?;
-    let dead_letters = DeadLetters::open(&cfg.dead_letter_path()).map_err(|source| PipelineError::DeadLetter {
-        path: cfg.dead_letter_path().display().to_string(),
-        source,
-    })?;
+    let dead_letters =
+        DeadLetters::open(&cfg.dead_letter_path(), cfg.state.dead_letter_segment_bytes).map_err(|source| {
+            PipelineError::DeadLetter {
+                path: cfg.dead_letter_path().display().to_string(),
+                source,
+            }
+        })?;
     if let Some(c) = store.current() {
         metrics::get().checkpointed(c);
     }

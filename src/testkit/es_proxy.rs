@@ -335,7 +335,11 @@ fn split_ops(body: &[u8]) -> Vec<BulkOp> {
         pos = if name == "delete" { end } else { line_end(end) };
         ops.push(BulkOp {
             action: name,
-            index: meta.get("_index").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            index: meta
+                .get("_index")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
             id: meta.get("_id").cloned().unwrap_or(Value::Null),
             range: start..pos,
         });
