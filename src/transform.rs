@@ -312,15 +312,17 @@ pub fn needs_tokenizer(tables: &[TableMapping]) -> bool {
 }
 
 /// Picks the mapping for a table (the first whose `source` regex matches), cached per table.
+/// Clones share the compiled mappings.
+#[derive(Clone)]
 pub struct Router {
-    mappings: Vec<Mapping>,
+    mappings: Arc<[Mapping]>,
     cache: std::collections::HashMap<Arc<str>, Option<usize>>,
 }
 
 impl Router {
     pub fn new(mappings: Vec<Mapping>) -> Self {
         Router {
-            mappings,
+            mappings: mappings.into(),
             cache: Default::default(),
         }
     }
@@ -333,15 +335,25 @@ impl Router {
     }
 
     pub fn route(&mut self, table: &TableSchema) -> Option<&Mapping> {
-        let idx = match self.cache.get(table.qualified_name()) {
+        self.route_index(table).map(|i| &self.mappings[i])
+    }
+
+    /// Like [`Router::route`], as an index into [`Router::mappings`] (for parallel workers,
+    /// which share the mappings but not the cache).
+    pub fn route_index(&mut self, table: &TableSchema) -> Option<usize> {
+        match self.cache.get(table.qualified_name()) {
             Some(idx) => *idx,
             None => {
                 let idx = self.mappings.iter().position(|m| m.matches(table.qualified_name()));
                 self.cache.insert(table.qualified_arc(), idx);
                 idx
             }
-        };
-        idx.map(|i| &self.mappings[i])
+        }
+    }
+
+    /// The mappings, shareable across threads.
+    pub fn mappings(&self) -> Arc<[Mapping]> {
+        Arc::clone(&self.mappings)
     }
 }
 
