@@ -14,7 +14,7 @@
 //! Run with `bench/micro.sh` (release build). Options: `--rows N` row changes in the binlog
 //! (default 1,000,000), `--working-set N` distinct changes the transform cycles through
 //! (default 100,000), `--passes N` (default 10), `--reps N` timing repetitions of the decode
-//! measurements, best kept (default 3), `--no-header`.
+//! measurements, best kept (default 3), `--no-header`, `--save DIR` (keep the binlog files).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -60,7 +60,16 @@ fn main() -> Result<()> {
     eprintln!("bench: starting MariaDB and writing a binlog of ≥ {rows} row changes …");
     let server = MariaDbServer::start()?;
     let files = tokio::runtime::Runtime::new()?.block_on(make_binlog(&server, rows))?;
-    let files: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    let mut files: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    // `--save DIR`: keep a copy of the binlog (for profiling a child: `--child decode -- FILES`).
+    if let Some(dir) = std::env::args().skip_while(|a| a != "--save").nth(1) {
+        std::fs::create_dir_all(&dir)?;
+        for f in &mut files {
+            let to = Path::new(&dir).join(Path::new(f.as_str()).file_name().context("file name")?);
+            std::fs::copy(&*f, &to)?;
+            *f = to.display().to_string();
+        }
+    }
 
     if !args.iter().any(|a| a == "--no-header") {
         println!("| benchmark | figure | conditions | peak RSS |");
