@@ -94,6 +94,9 @@ fn main() -> Result<()> {
         theirs = theirs.min(start.elapsed());
     }
     let ours = ours.expect("reps >= 1");
+    // Other processes competing for the cores skew every figure: say how busy the machine was.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().next().unwrap_or("?").to_string();
     let mine_rate = ours.rows as f64 / ours.secs;
     let their_rate = ours.rows as f64 / theirs.as_secs_f64();
     let size = format!(
@@ -104,8 +107,9 @@ fn main() -> Result<()> {
         ours.bytes / ours.rows.max(1)
     );
     println!(
-        "| decode, our decoder | {} rows/s | {size}; 1 thread, best of {reps} | {} MB |",
+        "| decode, our decoder | {} rows/s ({} per CPU-second) | {size}; 1 thread, best of {reps} | {} MB |",
         thousands(mine_rate as u64),
+        thousands((ours.rows as f64 / ours.cpu) as u64),
         ours.hwm_kb / 1024
     );
     println!(
@@ -129,8 +133,9 @@ fn main() -> Result<()> {
         )
     };
     println!(
-        "| transform, 1 thread (per core) | {} changes/s | {} | {} MB |",
+        "| transform, 1 thread (per core) | {} changes/s ({} per CPU-second) | {} | {} MB |",
         thousands((single.rows as f64 / single.secs) as u64),
+        thousands((single.rows as f64 / single.cpu) as u64),
         cond(&single, "Mapping::apply in a loop"),
         single.hwm_kb / 1024
     );
@@ -145,13 +150,15 @@ fn main() -> Result<()> {
             format!(" = {:.2}× 1 worker", rate / one_worker)
         };
         println!(
-            "| transform stage, {workers} worker{} | {} changes/s{scaling} | {} | {} MB |",
+            "| transform stage, {workers} worker{} | {} changes/s{scaling} ({} per CPU-second) | {} | {} MB |",
             if workers == 1 { "" } else { "s" },
             thousands(rate as u64),
+            thousands((r.rows as f64 / r.cpu) as u64),
             cond(&r, "transform_pool (ordered) into a null sink"),
             r.hwm_kb / 1024
         );
     }
+    println!("| machine load (1-min load average, decode step) | {load} | /proc/loadavg; figures are lower while other processes compete for the {cores} cores | — |");
     drop(server);
     Ok(())
 }
@@ -220,6 +227,8 @@ struct ChildResult {
     bytes: u64,
     secs: f64,
     hwm_kb: u64,
+    /// CPU seconds (user + system, all threads) of the timed sections.
+    cpu: f64,
 }
 
 fn run_child(what: &[&str], files: &[String]) -> Result<ChildResult> {
@@ -234,20 +243,21 @@ fn run_child(what: &[&str], files: &[String]) -> Result<ChildResult> {
     ensure!(out.status.success(), "measurement {what:?} failed: {}", out.status);
     let text = String::from_utf8(out.stdout)?;
     let f: Vec<f64> = text.split_whitespace().map(str::parse).collect::<Result<_, _>>()?;
-    ensure!(f.len() == 5, "bad child output {text:?}");
+    ensure!(f.len() == 6, "bad child output {text:?}");
     Ok(ChildResult {
         rows: f[0] as u64,
         ops: f[1] as u64,
         bytes: f[2] as u64,
         secs: f[3],
         hwm_kb: f[4] as u64,
+        cpu: f[5],
     })
 }
 
 fn child(args: &[String]) -> Result<()> {
     let sep = args.iter().position(|a| a == "--").context("missing --")?;
     let files: Vec<PathBuf> = args[sep + 1..].iter().map(PathBuf::from).collect();
-    let (rows, ops, bytes, secs) = match args[0].as_str() {
+    let (rows, ops, bytes, secs, cpu) = match args[0].as_str() {
         "decode" => decode_all(&files)?,
         "transform" => {
             let n: usize = args[1].parse()?;
@@ -257,13 +267,14 @@ fn child(args: &[String]) -> Result<()> {
         }
         other => bail!("unknown measurement {other}"),
     };
-    println!("{rows} {ops} {bytes} {secs} {}", vm_hwm_kb()?);
+    println!("{rows} {ops} {bytes} {secs} {} {cpu}", vm_hwm_kb()?);
     Ok(())
 }
 
-/// Decodes every rows event of `files`; returns (rows, 0, rows-event bytes, seconds).
-fn decode_all(files: &[PathBuf]) -> Result<(u64, u64, u64, f64)> {
+/// Decodes every rows event of `files`; returns (rows, 0, rows-event bytes, seconds, CPU seconds).
+fn decode_all(files: &[PathBuf]) -> Result<(u64, u64, u64, f64, f64)> {
     let start = Instant::now();
+    let cpu = cpu_secs();
     let mut rows = 0u64;
     let mut bytes = 0u64;
     let mut decoder = RowDecoder::new();
@@ -282,7 +293,7 @@ fn decode_all(files: &[PathBuf]) -> Result<(u64, u64, u64, f64)> {
             }
         }
     }
-    Ok((rows, 0, bytes, start.elapsed().as_secs_f64()))
+    Ok((rows, 0, bytes, start.elapsed().as_secs_f64(), cpu_secs() - cpu))
 }
 
 /// The first `n` tracked row changes of `files` as the source emits them (a commit at each XID).
@@ -370,12 +381,13 @@ fn router() -> Result<Router> {
 }
 
 /// Transforms `passes` copies of the first `n` changes; `workers == 0` means a plain loop on
-/// this thread. Returns (changes, ops, document bytes, seconds).
-fn transform(files: &[PathBuf], n: usize, passes: usize, workers: usize) -> Result<(u64, u64, u64, f64)> {
+/// this thread. Returns (changes, ops, document bytes, seconds, CPU seconds).
+fn transform(files: &[PathBuf], n: usize, passes: usize, workers: usize) -> Result<(u64, u64, u64, f64, f64)> {
     let events = changes(files, n)?;
     let rows = events.iter().filter(|e| matches!(e, SourceEvent::Change(_))).count() as u64;
     let mut router = router()?;
     let mut total = Duration::ZERO;
+    let mut cpu = 0.0;
     let mut null = NullSink::default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -386,6 +398,7 @@ fn transform(files: &[PathBuf], n: usize, passes: usize, workers: usize) -> Resu
         // Shares the compiled mappings (one jieba), as the pipeline does.
         let pool_router = router.clone();
         let start = Instant::now();
+        let cpu_start = cpu_secs();
         if workers == 0 {
             for e in &input {
                 if let SourceEvent::Change(c) = e {
@@ -413,8 +426,9 @@ fn transform(files: &[PathBuf], n: usize, passes: usize, workers: usize) -> Resu
             })?;
         }
         total += start.elapsed();
+        cpu += cpu_secs() - cpu_start;
     }
-    Ok((rows * passes as u64, null.ops, null.bytes, total.as_secs_f64()))
+    Ok((rows * passes as u64, null.ops, null.bytes, total.as_secs_f64(), cpu))
 }
 
 #[derive(Default)]
@@ -443,6 +457,15 @@ impl Output for &mut NullSink {
     }
 }
 
+/// User + system CPU seconds this process used so far.
+fn cpu_secs() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
 fn vm_hwm_kb() -> Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let line = status
@@ -456,7 +479,7 @@ fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

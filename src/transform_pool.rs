@@ -556,7 +556,7 @@ mod tests {
                 Seen::Boundary { pos, .. } => Some(*pos),
                 _ => None,
             })
-            .last();
+            .next_back();
         assert_eq!(released.map(|b| b.position.pos), before_first);
         out.tracker.ack(0);
         let last = out
@@ -566,7 +566,7 @@ mod tests {
                 Seen::Boundary { pos, .. } => Some(*pos),
                 _ => None,
             })
-            .last();
+            .next_back();
         assert_eq!(out.tracker.take_safe().map(|b| b.position.pos), last);
     }
 
