@@ -53,6 +53,26 @@ pub struct Config {
     /// Consistency checker: `cdc-indexer check` and the scheduled check inside `run`.
     #[serde(default)]
     pub check: CheckConfig,
+    /// The transform stage between source and sink.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Threads rendering, masking and tokenizing row changes in parallel (output stays in binlog
+    /// order). Default: the number of available cores.
+    #[serde(default = "defaults::transform_workers")]
+    pub transform_workers: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            transform_workers: defaults::transform_workers(),
+        }
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -420,6 +440,9 @@ mod defaults {
     pub fn dead_letter_segment_bytes() -> u64 {
         crate::dead_letter::SEGMENT_BYTES
     }
+    pub fn transform_workers() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
     pub fn state_dir() -> PathBuf {
         PathBuf::from("state")
     }
@@ -547,6 +570,9 @@ impl Config {
         }
         if self.sink.queue_capacity == 0 {
             return Err(invalid("sink.queue_capacity", "must be at least 1"));
+        }
+        if !(1..=256).contains(&self.pipeline.transform_workers) {
+            return Err(invalid("pipeline.transform_workers", "must be between 1 and 256"));
         }
         if !self.source.heartbeat_table.is_empty()
             && crate::heartbeat::HeartbeatTable::parse(&self.source.heartbeat_table).is_none()
@@ -900,6 +926,22 @@ mod tests {
         assert_eq!(c.source.time_zone, "+08:00");
         assert_eq!(c.sink.max_in_flight, 4);
         assert_eq!(c.source.offset().local_minus_utc(), 8 * 3600);
+    }
+
+    #[test]
+    fn transform_workers_default_to_the_cores_and_are_validated() {
+        let c = Config::parse(MINIMAL, "t", env(&[])).unwrap();
+        assert_eq!(c.pipeline.transform_workers, defaults::transform_workers());
+        assert!(c.pipeline.transform_workers >= 1);
+        let c = Config::parse(MINIMAL, "t", env(&[("CDC_PIPELINE__TRANSFORM_WORKERS", "3")])).unwrap();
+        assert_eq!(c.pipeline.transform_workers, 3);
+        let e = Config::parse(MINIMAL, "t", env(&[("CDC_PIPELINE__TRANSFORM_WORKERS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pipeline.transform_workers") && e.contains("between 1"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -27,4 +27,5 @@ pub mod status;
 pub mod testkit;
 pub mod tokenize;
 pub mod transform;
+pub mod transform_pool;
 pub mod value;

@@ -23,7 +23,7 @@
 //! between two digits; full-width digits are not recognised.
 
 use std::borrow::Cow;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use hmac::{Hmac, Mac};
 use regex::Regex;
@@ -67,7 +67,8 @@ fn email_regex() -> &'static Regex {
 /// The secret keying phone hashes. `Debug` never shows the bytes.
 #[derive(Clone)]
 pub struct HashKey {
-    bytes: Arc<[u8]>,
+    /// HMAC state after absorbing the key: cloned per hash instead of re-keying every time.
+    keyed: Hmac<Sha256>,
     id: Option<String>,
 }
 
@@ -87,7 +88,7 @@ impl HashKey {
 
     pub fn new(bytes: &[u8], id: Option<String>) -> Self {
         HashKey {
-            bytes: bytes.into(),
+            keyed: Hmac::<Sha256>::new_from_slice(bytes).expect("HMAC takes keys of any length"),
             id,
         }
     }
@@ -99,9 +100,15 @@ impl HashKey {
 
     /// Lowercase hex HMAC-SHA256 of `normalised` (for a mobile: its 11 digits).
     pub fn hash(&self, normalised: &str) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.bytes).expect("HMAC takes keys of any length");
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut mac = self.keyed.clone();
         mac.update(normalised.as_bytes());
-        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+        let mut out = String::with_capacity(64);
+        for b in mac.finalize().into_bytes() {
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0x0f)] as char);
+        }
+        out
     }
 }
 

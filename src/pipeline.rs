@@ -12,9 +12,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::change::SourceEvent;
-use crate::checkpoint::{commit_loop, Boundary, CheckpointError, CheckpointStore};
+use crate::checkpoint::{commit_loop, CheckpointError, CheckpointStore};
 use crate::config::Config;
-use crate::dead_letter::{now_secs, DeadLetter, DeadLetters};
+use crate::dead_letter::{now_secs, DeadLetters};
 use crate::heartbeat::{self, HeartbeatTable};
 use crate::indexes::{self, IndexError};
 use crate::metrics::{self, ProbeKind};
@@ -22,7 +22,7 @@ use crate::sink::{self, Shared, Sink, SinkError};
 use crate::snapshot::{self, SnapshotError};
 use crate::source::{self, Source, SourceError};
 use crate::transform::{Mapping, Router};
-use crate::{binlog_watch, retry};
+use crate::{binlog_watch, retry, transform_pool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -198,7 +198,13 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Pip
     });
 
     let beat = heartbeat.map(|t| (t, cfg.source.server_id));
-    tasks.spawn(transform_loop(rx, router, sink, beat));
+    tasks.spawn(transform_pool::run(
+        rx,
+        router,
+        beat,
+        cfg.pipeline.transform_workers,
+        sink,
+    ));
 
     let (stop_commit, stop_rx) = watch::channel(false);
     let committer = {
@@ -231,57 +237,4 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Pip
         h.abort();
     }
     result
-}
-
-/// Transform stage: each change through its mapping into the sink, boundaries after them.
-async fn transform_loop(
-    mut rx: mpsc::Receiver<SourceEvent>,
-    mut router: Router,
-    sink: Sink,
-    heartbeat: Option<(HeartbeatTable, u32)>,
-) -> Result<(), PipelineError> {
-    // Our heartbeat in the current transaction, tied to its boundary when that arrives.
-    let mut beat: Option<u64> = None;
-    while let Some(event) = rx.recv().await {
-        match event {
-            SourceEvent::Change(change) => {
-                if let Some(reading) = heartbeat.as_ref().and_then(|(t, id)| t.reading(&change, *id)) {
-                    beat = beat.max(reading);
-                    continue;
-                }
-                let Some(mapping) = router.route(&change.table) else {
-                    continue;
-                };
-                metrics::get().change_read(change.table.qualified_name(), change.op);
-                match mapping.apply(&change) {
-                    Ok(ops) => {
-                        for op in ops {
-                            sink.submit(op).await?;
-                        }
-                    }
-                    Err(e) => {
-                        let reason = e.to_string();
-                        sink.shared().dead_letter(&[DeadLetter {
-                            at: now_secs(),
-                            table: change.table.qualified_name(),
-                            index: &mapping.index,
-                            id: None,
-                            op: change.op.as_str(),
-                            version: change.version.0,
-                            status: None,
-                            reason: &reason,
-                            document: None,
-                        }])?;
-                    }
-                }
-            }
-            SourceEvent::Commit { position, source_ts } => {
-                if let Some(ts_ms) = beat.take() {
-                    metrics::get().heartbeat_read(&position, ts_ms);
-                }
-                sink.boundary(Boundary { position, source_ts })
-            }
-        }
-    }
-    Ok(())
 }

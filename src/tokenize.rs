@@ -95,7 +95,16 @@ fn join_words<'a>(words: impl Iterator<Item = &'a str>) -> String {
             if !out.is_empty() {
                 out.push(' ');
             }
-            out.extend(part.chars().flat_map(char::to_lowercase));
+            for c in part.chars() {
+                // Fast paths (same result): ASCII, and CJK ideographs, which have no case.
+                if c.is_ascii() {
+                    out.push(c.to_ascii_lowercase());
+                } else if ('\u{4e00}'..='\u{9fff}').contains(&c) {
+                    out.push(c);
+                } else {
+                    out.extend(c.to_lowercase());
+                }
+            }
         }
     }
     out
@@ -217,6 +226,13 @@ mod tests {
             Arc::new(Tokenizer::load(Some(&dict)).unwrap())
         })
         .clone()
+    }
+
+    #[test]
+    fn lowercasing_fast_paths_match_unicode_lowercase() {
+        let text = "ÀÉ БΣ 张三ABC 𠮷Ⅰǅ ＡＢ İ 一龥";
+        let expected: String = text.chars().flat_map(char::to_lowercase).collect();
+        assert_eq!(join_words(text.split(' ')), expected);
     }
 
     #[test]
