@@ -526,13 +526,17 @@ async fn rejected_documents_are_dead_lettered_and_replayed() -> Result<()> {
         String::from_utf8_lossy(&replayed.stdout)
     );
 
-    // THEN the row is indexed as it was and the dead-letter file is empty
+    // THEN the row is indexed as it was and no dead letter is left
     let doc = es.get_doc(&notes, "2").await?;
     ensure!(
         doc == Some(serde_json::json!({"id": 2, "a": "rejected", "b": 7})),
         "{doc:?}"
     );
-    ensure!(std::fs::read_to_string(&dlq)?.trim().is_empty(), "dlq not emptied");
+    let listed = cli(&["dlq", "list", "--json"])?;
+    ensure!(
+        listed.status.success() && listed.stdout.is_empty(),
+        "dlq not emptied: {listed:?}"
+    );
     Ok(())
 }
 
