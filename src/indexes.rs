@@ -24,6 +24,15 @@ pub enum IndexError {
     Vanished { alias: String, checkpoint: String },
     #[error("`{name}` exists as a concrete index, not an alias; the indexer writes through aliases. Reindex it into `{name}_v1` and add the alias, or choose another index name")]
     NotAnAlias { name: String },
+    #[error("TLS to Elasticsearch failed: {reason}; {fix}")]
+    Tls { reason: String, fix: &'static str },
+    #[error("Elasticsearch answered {what} with HTTP {status}: {fix} ({body})")]
+    Auth {
+        what: String,
+        status: u16,
+        fix: &'static str,
+        body: String,
+    },
     #[error("Elasticsearch refused {what}: HTTP {status}: {body}")]
     Refused { what: String, status: u16, body: String },
 }
@@ -46,8 +55,31 @@ async fn call(
     let resp = client
         .send(method, path, headers, None::<&()>, body, Some(Duration::from_secs(30)))
         .await
-        .map_err(|e| IndexError::Unreachable(e.to_string()))?;
+        .map_err(|e| {
+            let text = crate::tls::chain(&e);
+            match crate::tls::tls_problem(&text) {
+                Some(p) => IndexError::Tls {
+                    fix: crate::tls::es_fix(p),
+                    reason: text,
+                },
+                None => IndexError::Unreachable(text),
+            }
+        })?;
     let status = resp.status_code().as_u16();
+    if status == 401 || status == 403 {
+        let bytes = resp.bytes().await.unwrap_or_default();
+        let body: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
+        return Err(IndexError::Auth {
+            what: format!("{method:?} {path}"),
+            status,
+            fix: if status == 401 {
+                "the credentials are missing or wrong: set sink.username with sink.password_env / sink.password_file, or sink.api_key_env / sink.api_key_file"
+            } else {
+                "the user lacks privileges: grant it view_index_metadata, create_index, manage_aliases, write and read on the index names and their _v* indexes (README: Security)"
+            },
+            body,
+        });
+    }
     let bytes = resp.bytes().await.map_err(|e| IndexError::Unreachable(e.to_string()))?;
     Ok((
         status,

@@ -52,14 +52,17 @@ pub fn client(cfg: &SinkConfig) -> Result<Elasticsearch, SinkError> {
         url: crate::config::redact_url(&cfg.url),
         reason: e.to_string(),
     })?;
-    let transport = TransportBuilder::new(SingleNodeConnectionPool::new(url))
+    let builder = TransportBuilder::new(SingleNodeConnectionPool::new(url))
         .disable_proxy()
-        .timeout(Duration::from_millis(cfg.request_timeout_ms))
-        .build()
-        .map_err(|e| SinkError::Url {
-            url: crate::config::redact_url(&cfg.url),
-            reason: e.to_string(),
-        })?;
+        .timeout(Duration::from_millis(cfg.request_timeout_ms));
+    let builder = crate::tls::es_transport(builder, cfg).map_err(|reason| SinkError::Url {
+        url: crate::config::redact_url(&cfg.url),
+        reason,
+    })?;
+    let transport = builder.build().map_err(|e| SinkError::Url {
+        url: crate::config::redact_url(&cfg.url),
+        reason: e.to_string(),
+    })?;
     Ok(Elasticsearch::new(transport))
 }
 
@@ -389,10 +392,20 @@ pub async fn post_bulk(client: &Elasticsearch, timeout: Duration, body: bytes::B
     {
         Ok(r) => r,
         Err(e) => {
-            return BulkOutcome::RetryAll {
-                reason: format!("request failed: {e}"),
-                retry_after: None,
+            let text = crate::tls::chain(&e);
+            // An untrusted certificate stays untrusted: halt instead of retrying forever.
+            if let Some(problem) = crate::tls::tls_problem(&text) {
+                return BulkOutcome::Fatal {
+                    reason: format!(
+                        "TLS to Elasticsearch failed: {problem}; {}",
+                        crate::tls::es_fix(problem)
+                    ),
+                };
             }
+            return BulkOutcome::RetryAll {
+                reason: format!("request failed: {text}"),
+                retry_after: None,
+            };
         }
     };
     let status = resp.status_code().as_u16();
