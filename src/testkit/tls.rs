@@ -188,12 +188,17 @@ impl TlsProxy {
         let config = Arc::new(server_config(&opts)?);
         let counters = Arc::new(Counters::default());
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0"))?;
+        // Bound here (std, not tokio) so this works from inside a test's runtime too.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
         let url = format!("https://127.0.0.1:{}", listener.local_addr()?.port());
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let c = counters.clone();
         let thread = std::thread::Builder::new().name("tls-proxy".into()).spawn(move || {
             rt.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(listener) else {
+                    return;
+                };
                 let acceptor = tokio_rustls::TlsAcceptor::from(config);
                 loop {
                     let (tcp, _) = tokio::select! {
