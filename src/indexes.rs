@@ -44,6 +44,9 @@ impl IndexError {
     }
 }
 
+/// Largest index-management answer read (aliases and index metadata are a few KiB).
+const MAX_RESPONSE: u64 = 16 * 1024 * 1024;
+
 async fn call(
     client: &Elasticsearch,
     method: Method,
@@ -78,6 +81,13 @@ async fn call(
                 "the user lacks privileges: grant it view_index_metadata, create_index, manage_aliases, write and read on the index names and their _v* indexes (README: Security)"
             },
             body,
+        });
+    }
+    if let Some(len) = resp.content_length().filter(|l| *l > MAX_RESPONSE) {
+        return Err(IndexError::Refused {
+            what: format!("{method:?} {path}"),
+            status,
+            body: format!("an answer of {len} bytes, more than the {MAX_RESPONSE} read for index management"),
         });
     }
     let bytes = resp.bytes().await.map_err(|e| IndexError::Unreachable(e.to_string()))?;

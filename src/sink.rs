@@ -409,6 +409,17 @@ pub async fn post_bulk(client: &Elasticsearch, timeout: Duration, body: bytes::B
         }
     };
     let status = resp.status_code().as_u16();
+    let cap = bulk::response_cap(n_ops);
+    // The client offers no streaming read, so the cap is enforced on the declared length; a
+    // chunked answer is bounded by the request timeout only.
+    if let Some(len) = resp.content_length().filter(|l| *l > cap) {
+        return BulkOutcome::Fatal {
+            reason: format!(
+                "the _bulk answer declares {len} bytes, more than the {cap} bytes {n_ops} operations can need: \
+                 is sink.url an Elasticsearch/OpenSearch endpoint (and not a proxy rewriting answers)?"
+            ),
+        };
+    }
     let retry_after = resp
         .headers()
         .get("retry-after")
