@@ -78,7 +78,7 @@ async fn call(
             fix: if status == 401 {
                 "the credentials are missing or wrong: set sink.username with sink.password_env / sink.password_file, or sink.api_key_env / sink.api_key_file"
             } else {
-                "the user lacks privileges: grant it view_index_metadata, create_index, manage_aliases, write and read on the index names and their _v* indexes (README: Security)"
+                "the user lacks privileges: grant it write, view_index_metadata and read on the alias and its <alias>_v* indexes, plus create_index and manage for the first start, which creates <alias>_v1 (README: Security)"
             },
             body,
         });
