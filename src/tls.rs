@@ -107,7 +107,7 @@ pub fn es_transport(mut builder: TransportBuilder, cfg: &SinkConfig) -> Result<T
                 .to_string()
         })?;
         value.set_sensitive(true);
-        let _ = value;
+        builder = builder.header(AUTHORIZATION, value);
     }
     Ok(builder)
 }
