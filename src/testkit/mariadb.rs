@@ -6,7 +6,8 @@
 //! (`<datadir>/mariadb-bin.*`) is ROW-based with FULL row images and FULL row metadata and
 //! contains none of the set-up statements, so it starts with what the test does. Lifecycle
 //! methods block; `restart` reuses the data directory and port. Dropping the value kills the
-//! server and removes its data directory.
+//! server and removes its data directory. [`MariaDbServer::start_with_tls`] also offers TLS
+//! with given CA, certificate and key files (plaintext stays allowed; users may `REQUIRE SSL`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
