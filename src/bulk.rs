@@ -183,7 +183,7 @@ fn bounded(mut reason: String) -> String {
             cut -= 1;
         }
         reason.truncate(cut);
-        reason.push_str("…");
+        reason.push('…');
     }
     reason
 }
