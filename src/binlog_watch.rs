@@ -18,7 +18,7 @@ pub const POSITION_EVERY: Duration = Duration::from_secs(1);
 pub const FILES_EVERY: Duration = Duration::from_secs(30);
 
 /// Polls until `shutdown` turns true.
-pub async fn run(url: String, mariadb: bool, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(endpoint: source::Endpoint, mariadb: bool, mut shutdown: watch::Receiver<bool>) {
     let m = crate::metrics::get();
     let mut conn: Option<mysql_async::Conn> = None;
     let mut tick = tokio::time::interval(POSITION_EVERY);
@@ -32,7 +32,7 @@ pub async fn run(url: String, mariadb: bool, mut shutdown: watch::Receiver<bool>
         }
         let poll = async {
             if conn.is_none() {
-                conn = Some(source::connect(&url).await?);
+                conn = Some(source::connect(&endpoint).await?);
             }
             let c = conn.as_mut().expect("just connected");
             if last_files.is_none_or(|t| t.elapsed() >= FILES_EVERY) {

@@ -166,6 +166,28 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8], n_ops: usiz
     BulkOutcome::Items(outcomes)
 }
 
+/// Largest `_bulk` response body read for `n_ops` operations: with [`FILTER_PATH`] a genuine
+/// answer is ~100 bytes per item, error reasons a few KiB. A larger one is refused unread, so
+/// a hostile or broken endpoint cannot make the indexer buffer without bound.
+pub fn response_cap(n_ops: usize) -> u64 {
+    1024 * 1024 + 16 * 1024 * n_ops as u64
+}
+
+/// Longest error reason kept from a response (it goes to logs and dead-letter records).
+const MAX_REASON: usize = 2048;
+
+fn bounded(mut reason: String) -> String {
+    if reason.len() > MAX_REASON {
+        let mut cut = MAX_REASON;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push('…');
+    }
+    reason
+}
+
 fn classify_item(action: &str, item: Item) -> ItemOutcome {
     let status = item.status;
     let Some(error) = item.error else {
@@ -189,10 +211,10 @@ fn classify_item(action: &str, item: Item) -> ItemOutcome {
         .and_then(|t| t.as_str())
         .unwrap_or("unknown")
         .to_string();
-    let reason = match error.get("reason").and_then(|r| r.as_str()) {
+    let reason = bounded(match error.get("reason").and_then(|r| r.as_str()) {
         Some(r) => format!("{kind}: {r}"),
         None => kind.clone(),
-    };
+    });
     match (status, kind.as_str()) {
         (409, _) | (_, "version_conflict_engine_exception") => ItemOutcome::Stale,
         (404, "index_not_found_exception") => ItemOutcome::Fatal { status, reason },
@@ -341,5 +363,45 @@ mod tests {
             classify(200, None, b"{\"errors\":false}", 1),
             BulkOutcome::RetryAll { .. }
         ));
+    }
+
+    #[test]
+    fn hostile_responses_are_bounded_and_never_panic() {
+        // Deeply nested JSON: serde_json's recursion limit makes it unreadable, so retried.
+        let deep = format!("{{\"items\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(matches!(
+            classify(200, None, deep.as_bytes(), 1),
+            BulkOutcome::RetryAll { .. }
+        ));
+        // Invalid UTF-8 and control characters.
+        assert!(matches!(
+            classify(200, Some("\u{0}"), b"\xff\xfe{\x00\x1b[31m", 1),
+            BulkOutcome::RetryAll { .. }
+        ));
+        // A 4 MB error reason is cut to a bounded length for logs and dead letters.
+        let huge = format!(
+            r#"{{"items":[{{"index":{{"status":400,"error":{{"type":"mapper_parsing_exception","reason":"{}"}}}}}}]}}"#,
+            "é".repeat(2 * 1024 * 1024)
+        );
+        match classify(200, None, huge.as_bytes(), 1) {
+            BulkOutcome::Items(items) => match &items[0] {
+                ItemOutcome::DeadLetter { reason, .. } => {
+                    assert!(
+                        reason.len() <= MAX_REASON + 4 && reason.ends_with('…'),
+                        "{}",
+                        reason.len()
+                    )
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        // The whole-request snippet is bounded too, whatever the body.
+        match classify(502, None, &vec![b'x'; 10_000_000], 3) {
+            BulkOutcome::RetryAll { reason, .. } => assert!(reason.len() < 400),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(response_cap(0), 1024 * 1024);
+        assert!(response_cap(2_000) < 64 * 1024 * 1024);
     }
 }

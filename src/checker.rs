@@ -572,7 +572,7 @@ async fn run_tables(
         (None, false) => None,
     };
     let client = crate::sink::client(&cfg.sink)?;
-    let mut conn = source::connect(&cfg.source.url).await?;
+    let mut conn = source::connect(&source::Endpoint::main(&cfg.source)).await?;
     let version: String = conn.query_first("SELECT VERSION()").await?.unwrap_or_default();
     let checker = Checker {
         cfg,

@@ -15,6 +15,8 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 
+use crate::secret::Secret;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -106,6 +108,79 @@ pub struct SourceConfig {
     /// Account for the heartbeat writes (needs INSERT/DELETE on the table); default: `url`.
     #[serde(default)]
     pub heartbeat_url: String,
+    /// Environment variable holding the password of `url`'s user (replaces any password in
+    /// the URL). See README "Security".
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding that password (Docker-secret style; trailing whitespace ignored).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password of `heartbeat_url`'s user.
+    #[serde(default)]
+    pub heartbeat_password_env: Option<String>,
+    /// File holding the password of `heartbeat_url`'s user.
+    #[serde(default)]
+    pub heartbeat_password_file: Option<PathBuf>,
+    /// TLS to the server (`[source.tls]`).
+    #[serde(default)]
+    pub tls: SourceTls,
+    /// Read from `password_env` / `password_file` by [`Config::parse`].
+    #[serde(skip)]
+    pub password: Option<Secret>,
+    /// Read from `heartbeat_password_env` / `heartbeat_password_file` by [`Config::parse`].
+    #[serde(skip)]
+    pub heartbeat_password: Option<Secret>,
+}
+
+/// How the connection to MySQL/MariaDB is secured (the names of MySQL's `--ssl-mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    /// Plaintext.
+    Disabled,
+    /// TLS without certificate checks when the server offers it, else plaintext (an active
+    /// attacker can strip it: use `verify_identity` in production).
+    #[default]
+    Preferred,
+    /// TLS or fail; the certificate is not checked.
+    Required,
+    /// TLS with the certificate checked against `ca_file` (else the public roots); any host name.
+    VerifyCa,
+    /// `verify_ca`, and the certificate must name the host of `url`.
+    VerifyIdentity,
+}
+
+/// `[source.tls]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceTls {
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// PEM file of the CA(s) that signed the server's certificate (then the only roots trusted).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain, for servers that `REQUIRE X509`; needs `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+/// `[sink.tls]`; TLS itself is on when `sink.url` is `https://`, always with the certificate
+/// and host name verified.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkTls {
+    /// PEM file of the CA(s) that signed the cluster's certificate (added to the public roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain (PKI realm or TLS client authentication); needs `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for SourceConfig {
@@ -117,6 +192,8 @@ impl std::fmt::Debug for SourceConfig {
             .field("heartbeat_ms", &self.heartbeat_ms)
             .field("initial_load", &self.initial_load)
             .field("heartbeat_table", &self.heartbeat_table)
+            .field("password", &self.password)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -157,6 +234,31 @@ pub struct SinkConfig {
     /// Row changes buffered between stages (bounds memory).
     #[serde(default = "defaults::queue_capacity")]
     pub queue_capacity: usize,
+    /// Basic-auth user; its password comes from `password_env` or `password_file`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Environment variable holding the basic-auth password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding the basic-auth password (Docker-secret style).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding an API key: the `encoded` value Elasticsearch returns, or
+    /// `id:api_key`.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// File holding the API key.
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// TLS settings for an `https://` URL (`[sink.tls]`).
+    #[serde(default)]
+    pub tls: SinkTls,
+    /// Read from `password_env` / `password_file` by [`Config::parse`].
+    #[serde(skip)]
+    pub password: Option<Secret>,
+    /// Read from `api_key_env` / `api_key_file` by [`Config::parse`].
+    #[serde(skip)]
+    pub api_key: Option<Secret>,
 }
 
 impl std::fmt::Debug for SinkConfig {
@@ -168,6 +270,10 @@ impl std::fmt::Debug for SinkConfig {
             .field("linger_ms", &self.linger_ms)
             .field("max_in_flight", &self.max_in_flight)
             .field("min_in_flight", &self.min_in_flight)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("api_key", &self.api_key)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -508,6 +614,7 @@ impl Config {
         })?;
         config.validate()?;
         config.read_phone_hash_keys(&env)?;
+        config.read_secrets(&env)?;
         Ok(config)
     }
 
@@ -609,6 +716,7 @@ impl Config {
             return Err(invalid("search.text_fields", "field names must be non-empty"));
         }
         self.check.validate()?;
+        self.validate_security()?;
         if self.tables.is_empty() {
             return Err(invalid("tables", "at least one table mapping is required"));
         }
@@ -673,6 +781,122 @@ impl Config {
             }
             t.phone_hash_key = Some(crate::mask::HashKey::new(&bytes, t.phone_hash_key_id.clone()));
         }
+        Ok(())
+    }
+
+    /// Checks the TLS and credential keys (files are read later, by `read_secrets`).
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let tls = &self.source.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return Err(invalid("source.tls.cert_file", "cert_file and key_file go together"));
+        }
+        match tls.mode {
+            TlsMode::Disabled if tls.ca_file.is_some() || tls.cert_file.is_some() => {
+                return Err(invalid(
+                    "source.tls.mode",
+                    "is \"disabled\" but TLS files are set: choose verify_identity (or remove the files)",
+                ))
+            }
+            TlsMode::Preferred | TlsMode::Required if tls.ca_file.is_some() => {
+                return Err(invalid(
+                    "source.tls.ca_file",
+                    "is only used by mode \"verify_ca\" or \"verify_identity\"; set one of them so the certificate is checked",
+                ))
+            }
+            _ => {}
+        }
+        let sink_tls = &self.sink.tls;
+        if sink_tls.cert_file.is_some() != sink_tls.key_file.is_some() {
+            return Err(invalid("sink.tls.cert_file", "cert_file and key_file go together"));
+        }
+        if (sink_tls.ca_file.is_some() || sink_tls.cert_file.is_some()) && !self.sink.url.starts_with("https://") {
+            return Err(invalid("sink.tls.ca_file", "TLS files need an https:// sink.url"));
+        }
+        let sink = &self.sink;
+        let has_password = sink.password_env.is_some() || sink.password_file.is_some();
+        let has_api_key = sink.api_key_env.is_some() || sink.api_key_file.is_some();
+        if has_password && sink.username.as_deref().unwrap_or("").is_empty() {
+            return Err(invalid(
+                "sink.username",
+                "a password is configured, so a user name is needed",
+            ));
+        }
+        if has_api_key && sink.username.is_some() {
+            return Err(invalid(
+                "sink.api_key_env",
+                "use either an API key or username/password, not both",
+            ));
+        }
+        let pairs: [(&str, bool, bool); 4] = [
+            (
+                "source.password_env",
+                self.source.password_env.is_some(),
+                self.source.password_file.is_some(),
+            ),
+            (
+                "source.heartbeat_password_env",
+                self.source.heartbeat_password_env.is_some(),
+                self.source.heartbeat_password_file.is_some(),
+            ),
+            (
+                "sink.password_env",
+                sink.password_env.is_some(),
+                sink.password_file.is_some(),
+            ),
+            (
+                "sink.api_key_env",
+                sink.api_key_env.is_some(),
+                sink.api_key_file.is_some(),
+            ),
+        ];
+        if let Some((key, _, _)) = pairs.iter().find(|(_, env, file)| *env && *file) {
+            let file_key = key.replace("_env", "_file");
+            return Err(invalid(*key, format!("set either {key} or {file_key}, not both")));
+        }
+        Ok(())
+    }
+
+    /// Reads the passwords and API key named by the `…_env` / `…_file` keys (see
+    /// [`crate::secret`]) and checks the TLS files are readable; errors never hold a secret.
+    fn read_secrets(&mut self, env: &[(String, String)]) -> Result<(), ConfigError> {
+        let read = |key: &str, var: &Option<String>, file: &Option<PathBuf>| {
+            crate::secret::read(var.as_deref(), file.as_deref(), env).map_err(|c| invalid(key, c))
+        };
+        let s = &self.source;
+        let password = read("source.password_env", &s.password_env, &s.password_file)?;
+        let heartbeat_password = read(
+            "source.heartbeat_password_env",
+            &s.heartbeat_password_env,
+            &s.heartbeat_password_file,
+        )?;
+        let k = &self.sink;
+        let sink_password = read("sink.password_env", &k.password_env, &k.password_file)?;
+        let api_key = read("sink.api_key_env", &k.api_key_env, &k.api_key_file)?;
+        if k.username.is_some() && sink_password.is_none() {
+            return Err(invalid(
+                "sink.password_env",
+                "sink.username is set: give its password through sink.password_env or sink.password_file",
+            ));
+        }
+        let files = [
+            ("source.tls.ca_file", &s.tls.ca_file),
+            ("source.tls.cert_file", &s.tls.cert_file),
+            ("source.tls.key_file", &s.tls.key_file),
+            ("sink.tls.ca_file", &k.tls.ca_file),
+            ("sink.tls.cert_file", &k.tls.cert_file),
+            ("sink.tls.key_file", &k.tls.key_file),
+        ];
+        for (key, file) in files {
+            if let Some(path) = file {
+                std::fs::metadata(path)
+                    .and_then(|_| std::fs::File::open(path))
+                    .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+            }
+        }
+        self.source.password = password;
+        self.source.heartbeat_password = heartbeat_password;
+        self.sink.password = sink_password;
+        self.sink.api_key = api_key;
         Ok(())
     }
 
@@ -1116,6 +1340,60 @@ mod tests {
         let c = Config::parse(MINIMAL, "t", env(&[])).unwrap();
         let d = format!("{c:?}");
         assert!(!d.contains(":pw@") && d.contains("cdc:***@"), "{d}");
+    }
+
+    #[test]
+    fn tls_and_credential_keys_are_validated() {
+        let err = |pairs: &[(&str, &str)]| Config::parse(MINIMAL, "t", env(pairs)).unwrap_err().to_string();
+        let e = err(&[("CDC_SOURCE__TLS__MODE", "verify_everything")]);
+        assert!(e.contains("verify_everything"), "{e}");
+        let e = err(&[("CDC_SOURCE__TLS__CA_FILE", "/nonexistent/ca.pem")]);
+        assert!(e.contains("source.tls.ca_file") && e.contains("verify_ca"), "{e}");
+        let e = err(&[
+            ("CDC_SOURCE__TLS__MODE", "verify_identity"),
+            ("CDC_SOURCE__TLS__CA_FILE", "/nonexistent/ca.pem"),
+        ]);
+        assert!(e.contains("source.tls.ca_file") && e.contains("cannot read"), "{e}");
+        let e = err(&[
+            ("CDC_SOURCE__TLS__CERT_FILE", "c.pem"),
+            ("CDC_SOURCE__TLS__MODE", "required"),
+        ]);
+        assert!(e.contains("source.tls.cert_file") && e.contains("key_file"), "{e}");
+        let e = err(&[("CDC_SINK__TLS__CA_FILE", "ca.pem")]);
+        assert!(e.contains("sink.tls.ca_file") && e.contains("https://"), "{e}");
+        let e = err(&[("CDC_SINK__PASSWORD_ENV", "ES_PW")]);
+        assert!(e.contains("sink.username"), "{e}");
+        let e = err(&[("CDC_SINK__USERNAME", "elastic")]);
+        assert!(e.contains("sink.password_env"), "{e}");
+        let e = err(&[("CDC_SINK__USERNAME", "elastic"), ("CDC_SINK__PASSWORD_ENV", "ES_PW")]);
+        assert!(e.contains("sink.password_env") && e.contains("ES_PW is not set"), "{e}");
+        let e = err(&[("CDC_SINK__API_KEY_ENV", "K"), ("CDC_SINK__API_KEY_FILE", "k")]);
+        assert!(e.contains("sink.api_key_env") && e.contains("not both"), "{e}");
+        let c = Config::parse(
+            MINIMAL,
+            "t",
+            env(&[
+                ("CDC_SINK__USERNAME", "elastic"),
+                ("CDC_SINK__PASSWORD_ENV", "ES_PW"),
+                ("ES_PW", "es-password-value"),
+                ("CDC_SOURCE__PASSWORD_ENV", "MY_PW"),
+                ("MY_PW", "mysql-password-value"),
+                ("CDC_SOURCE__TLS__MODE", "disabled"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.source.tls.mode, TlsMode::Disabled);
+        assert_eq!(c.sink.password.as_ref().unwrap().expose(), "es-password-value");
+        assert_eq!(c.source.password.as_ref().unwrap().expose(), "mysql-password-value");
+        let d = format!("{c:?}");
+        assert!(
+            !d.contains("es-password-value") && !d.contains("mysql-password-value"),
+            "{d}"
+        );
+        assert_eq!(
+            Config::parse(MINIMAL, "t", env(&[])).unwrap().source.tls.mode,
+            TlsMode::Preferred
+        );
     }
 
     #[test]

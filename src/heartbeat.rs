@@ -68,7 +68,12 @@ impl HeartbeatTable {
 }
 
 /// Writes the heartbeat row every [`PERIOD`] until `shutdown` turns true.
-pub async fn write_loop(url: String, table: HeartbeatTable, server_id: u32, mut shutdown: watch::Receiver<bool>) {
+pub async fn write_loop(
+    endpoint: crate::source::Endpoint,
+    table: HeartbeatTable,
+    server_id: u32,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let name = format!("`{}`.`{}`", table.database, table.table);
     let mut conn: Option<mysql_async::Conn> = None;
     let mut created = false;
@@ -82,7 +87,7 @@ pub async fn write_loop(url: String, table: HeartbeatTable, server_id: u32, mut 
         }
         let result = async {
             if conn.is_none() {
-                conn = Some(crate::source::connect(&url).await?);
+                conn = Some(crate::source::connect(&endpoint).await?);
             }
             let c = conn.as_mut().expect("just connected");
             if !created {

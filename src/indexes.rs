@@ -24,6 +24,15 @@ pub enum IndexError {
     Vanished { alias: String, checkpoint: String },
     #[error("`{name}` exists as a concrete index, not an alias; the indexer writes through aliases. Reindex it into `{name}_v1` and add the alias, or choose another index name")]
     NotAnAlias { name: String },
+    #[error("TLS to Elasticsearch failed: {reason}; {fix}")]
+    Tls { reason: String, fix: &'static str },
+    #[error("Elasticsearch answered {what} with HTTP {status}: {fix} ({body})")]
+    Auth {
+        what: String,
+        status: u16,
+        fix: &'static str,
+        body: String,
+    },
     #[error("Elasticsearch refused {what}: HTTP {status}: {body}")]
     Refused { what: String, status: u16, body: String },
 }
@@ -34,6 +43,9 @@ impl IndexError {
             || matches!(self, IndexError::Refused { status, .. } if *status >= 500)
     }
 }
+
+/// Largest index-management answer read (aliases and index metadata are a few KiB).
+const MAX_RESPONSE: u64 = 16 * 1024 * 1024;
 
 async fn call(
     client: &Elasticsearch,
@@ -46,8 +58,38 @@ async fn call(
     let resp = client
         .send(method, path, headers, None::<&()>, body, Some(Duration::from_secs(30)))
         .await
-        .map_err(|e| IndexError::Unreachable(e.to_string()))?;
+        .map_err(|e| {
+            let text = crate::tls::chain(&e);
+            match crate::tls::tls_problem(&text) {
+                Some(p) => IndexError::Tls {
+                    fix: crate::tls::es_fix(p),
+                    reason: text,
+                },
+                None => IndexError::Unreachable(text),
+            }
+        })?;
     let status = resp.status_code().as_u16();
+    if status == 401 || status == 403 {
+        let bytes = resp.bytes().await.unwrap_or_default();
+        let body: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
+        return Err(IndexError::Auth {
+            what: format!("{method:?} {path}"),
+            status,
+            fix: if status == 401 {
+                "the credentials are missing or wrong: set sink.username with sink.password_env / sink.password_file, or sink.api_key_env / sink.api_key_file"
+            } else {
+                "the user lacks privileges: grant it write, view_index_metadata and read on the alias and its <alias>_v* indexes, plus create_index and manage for the first start, which creates <alias>_v1 (README: Security)"
+            },
+            body,
+        });
+    }
+    if let Some(len) = resp.content_length().filter(|l| *l > MAX_RESPONSE) {
+        return Err(IndexError::Refused {
+            what: format!("{method:?} {path}"),
+            status,
+            body: format!("an answer of {len} bytes, more than the {MAX_RESPONSE} read for index management"),
+        });
+    }
     let bytes = resp.bytes().await.map_err(|e| IndexError::Unreachable(e.to_string()))?;
     Ok((
         status,

@@ -72,7 +72,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Pip
         patience,
         SourceError::is_transient,
         || async {
-            let mut conn = source::connect(&cfg.source.url).await?;
+            let mut conn = source::connect(&source::Endpoint::main(&cfg.source)).await?;
             source::preflight(&mut conn).await
         },
     )
@@ -80,19 +80,15 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Pip
     tracing::info!(server = %info.version, position = %info.position, "source checked");
     // Monitoring helpers: they never fail the pipeline and are stopped when it returns.
     let mut helpers = vec![tokio::spawn(binlog_watch::run(
-        cfg.source.url.clone(),
+        source::Endpoint::main(&cfg.source),
         info.mariadb,
         shutdown.clone(),
     ))];
     let heartbeat = HeartbeatTable::parse(&cfg.source.heartbeat_table);
     if let Some(table) = &heartbeat {
         metrics::get().enable_heartbeat();
-        let url = match cfg.source.heartbeat_url.as_str() {
-            "" => cfg.source.url.clone(),
-            u => u.to_string(),
-        };
         helpers.push(tokio::spawn(heartbeat::write_loop(
-            url,
+            source::Endpoint::heartbeat(&cfg.source),
             table.clone(),
             cfg.source.server_id,
             shutdown.clone(),
@@ -163,7 +159,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Pip
             None if source_cfg.initial_load => {
                 let f = filter.clone();
                 snapshot::initial_load(
-                    &source_cfg.url,
+                    &source::Endpoint::main(&source_cfg),
                     info.mariadb,
                     source_cfg.snapshot_chunk_rows,
                     &*f,

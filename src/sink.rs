@@ -53,14 +53,17 @@ pub fn client(cfg: &SinkConfig) -> Result<Elasticsearch, SinkError> {
         url: crate::config::redact_url(&cfg.url),
         reason: e.to_string(),
     })?;
-    let transport = TransportBuilder::new(SingleNodeConnectionPool::new(url))
+    let builder = TransportBuilder::new(SingleNodeConnectionPool::new(url))
         .disable_proxy()
-        .timeout(Duration::from_millis(cfg.request_timeout_ms))
-        .build()
-        .map_err(|e| SinkError::Url {
-            url: crate::config::redact_url(&cfg.url),
-            reason: e.to_string(),
-        })?;
+        .timeout(Duration::from_millis(cfg.request_timeout_ms));
+    let builder = crate::tls::es_transport(builder, cfg).map_err(|reason| SinkError::Url {
+        url: crate::config::redact_url(&cfg.url),
+        reason,
+    })?;
+    let transport = builder.build().map_err(|e| SinkError::Url {
+        url: crate::config::redact_url(&cfg.url),
+        reason: e.to_string(),
+    })?;
     Ok(Elasticsearch::new(transport))
 }
 
@@ -408,13 +411,34 @@ pub async fn post_bulk(client: &Elasticsearch, timeout: Duration, body: bytes::B
     {
         Ok(r) => r,
         Err(e) => {
-            return BulkOutcome::RetryAll {
-                reason: format!("request failed: {e}"),
-                retry_after: None,
+            let text = crate::tls::chain(&e);
+            // An untrusted certificate stays untrusted: halt instead of retrying forever.
+            if let Some(problem) = crate::tls::tls_problem(&text) {
+                return BulkOutcome::Fatal {
+                    reason: format!(
+                        "TLS to Elasticsearch failed: {problem}; {}",
+                        crate::tls::es_fix(problem)
+                    ),
+                };
             }
+            return BulkOutcome::RetryAll {
+                reason: format!("request failed: {text}"),
+                retry_after: None,
+            };
         }
     };
     let status = resp.status_code().as_u16();
+    let cap = bulk::response_cap(n_ops);
+    // The client offers no streaming read, so the cap is enforced on the declared length; a
+    // chunked answer is bounded by the request timeout only.
+    if let Some(len) = resp.content_length().filter(|l| *l > cap) {
+        return BulkOutcome::Fatal {
+            reason: format!(
+                "the _bulk answer declares {len} bytes, more than the {cap} bytes {n_ops} operations can need: \
+                 is sink.url an Elasticsearch/OpenSearch endpoint (and not a proxy rewriting answers)?"
+            ),
+        };
+    }
     let retry_after = resp
         .headers()
         .get("retry-after")

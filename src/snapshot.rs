@@ -71,7 +71,7 @@ pub(crate) fn ident(s: &str) -> String {
 /// position streaming must start from, which it returns: the snapshot's own position, or the
 /// first attempt's as recorded in `marker` (see the module doc).
 pub async fn initial_load(
-    url: &str,
+    url: &crate::source::Endpoint,
     mariadb: bool,
     chunk_rows: u64,
     tracked: &(dyn Fn(&str) -> bool + Sync),
@@ -90,7 +90,7 @@ pub async fn initial_load(
 }
 
 async fn attempt(
-    url: &str,
+    url: &crate::source::Endpoint,
     mariadb: bool,
     chunk_rows: u64,
     tracked: &(dyn Fn(&str) -> bool + Sync),

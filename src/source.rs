@@ -25,18 +25,28 @@ use futures_util::StreamExt;
 use mysql_async::binlog::events::{Event, QueryEvent, RotateEvent, TransactionPayloadEvent};
 use mysql_async::binlog::EventType;
 use mysql_async::prelude::Queryable;
-use mysql_async::{BinlogStreamRequest, Conn, Opts};
+use mysql_async::{BinlogStreamRequest, Conn};
 use tokio::sync::{mpsc, watch};
 
 use crate::change::{RowChange, RowOp, SourceEvent};
-use crate::config::{redact_url, SourceConfig};
+use crate::config::{redact_url, SourceConfig, SourceTls, TlsMode};
 use crate::decode::{DecodeError, RowDecoder, RowImage};
 use crate::position::{file_sequence, BinlogPosition, Version, VersionError, VersionGuard};
+use crate::secret::Secret;
+use crate::tls::mysql_opts;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("cannot connect to {url}: {source}")]
     Connect { url: String, source: mysql_async::Error },
+    #[error("TLS to {url} failed: {reason}; {fix}")]
+    Tls {
+        url: String,
+        reason: String,
+        fix: &'static str,
+    },
+    #[error("{url} refused the login: {message}; check the user in source.url and its password (source.password_env / source.password_file)")]
+    Login { url: String, message: String },
     #[error("source server check failed: {0}")]
     Misconfigured(String),
     #[error("binlog file {file} of the checkpoint is no longer on the server (oldest is {oldest}); the changes in between are lost to us: run a reindex (or delete the checkpoint to reload everything)")]
@@ -95,18 +105,96 @@ pub struct ServerInfo {
 /// Longest wait for a connection and the binlog dump request to be answered.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn connect(url: &str) -> Result<Conn, SourceError> {
-    let opts = Opts::from_url(url).map_err(|e| SourceError::Connect {
-        url: redact_url(url),
-        source: mysql_async::Error::Url(e),
-    })?;
-    tokio::time::timeout(SETUP_TIMEOUT, Conn::new(opts))
-        .await
-        .map_err(|_| SourceError::Stalled(SETUP_TIMEOUT))?
-        .map_err(|source| SourceError::Connect {
+/// Where and how to connect: URL, password and TLS settings of one account.
+#[derive(Clone)]
+pub struct Endpoint {
+    url: String,
+    password: Option<Secret>,
+    tls: SourceTls,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &redact_url(&self.url))
+            .field("tls", &self.tls.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// The indexer's account (`source.url`).
+    pub fn main(cfg: &SourceConfig) -> Self {
+        Endpoint {
+            url: cfg.url.clone(),
+            password: cfg.password.clone(),
+            tls: cfg.tls.clone(),
+        }
+    }
+
+    /// The heartbeat writer's account (`source.heartbeat_url`, default the main one).
+    pub fn heartbeat(cfg: &SourceConfig) -> Self {
+        match cfg.heartbeat_url.as_str() {
+            "" => Self::main(cfg),
+            url => Endpoint {
+                url: url.to_string(),
+                password: cfg.heartbeat_password.clone(),
+                tls: cfg.tls.clone(),
+            },
+        }
+    }
+}
+
+pub async fn connect(ep: &Endpoint) -> Result<Conn, SourceError> {
+    let shown = redact_url(&ep.url);
+    let attempt = |plaintext: bool| async move {
+        let opts = mysql_opts(&ep.url, ep.password.as_ref(), &ep.tls, plaintext).map_err(|e| SourceError::Connect {
+            url: redact_url(&ep.url),
+            source: mysql_async::Error::Url(e),
+        })?;
+        tokio::time::timeout(SETUP_TIMEOUT, Conn::new(opts))
+            .await
+            .map_err(|_| SourceError::Stalled(SETUP_TIMEOUT))?
+            .map_err(|source| classify_connect_error(&ep.url, ep.tls.mode, source))
+    };
+    match attempt(false).await {
+        Err(SourceError::Tls { reason, .. })
+            if ep.tls.mode == TlsMode::Preferred && reason.contains("does not have this capability") =>
+        {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(url = %shown, "the server offers no TLS; connecting in plaintext (source.tls.mode = \"preferred\")")
+            });
+            attempt(true).await
+        }
+        other => other,
+    }
+}
+
+/// A TLS failure or refused login is fatal, with the fix named; anything else a retryable
+/// connection error.
+fn classify_connect_error(url: &str, mode: TlsMode, source: mysql_async::Error) -> SourceError {
+    let text = crate::tls::chain(&source);
+    let tls_error = matches!(&source, mysql_async::Error::Io(mysql_async::IoError::Tls(_)));
+    if tls_error || crate::tls::tls_problem(&text).is_some() {
+        return SourceError::Tls {
             url: redact_url(url),
-            source,
-        })
+            fix: crate::tls::mysql_fix(mode, &text),
+            reason: text,
+        };
+    }
+    if let mysql_async::Error::Server(s) = &source {
+        if s.code == 1045 {
+            return SourceError::Login {
+                url: redact_url(url),
+                message: s.message.clone(),
+            };
+        }
+    }
+    SourceError::Connect {
+        url: redact_url(url),
+        source,
+    }
 }
 
 async fn global(conn: &mut Conn, name: &str) -> Result<Option<String>, SourceError> {
@@ -120,14 +208,56 @@ async fn global(conn: &mut Conn, name: &str) -> Result<Option<String>, SourceErr
     }
 }
 
-fn privilege_error(e: mysql_async::Error, what: &str) -> SourceError {
+/// The grant `SHOW BINARY LOGS` / `SHOW MASTER STATUS` need.
+const MONITOR_GRANT: &str = "REPLICATION CLIENT (called BINLOG MONITOR on MariaDB 10.5 and later)";
+/// The grant the binlog dump needs.
+const DUMP_GRANT: &str = "REPLICATION SLAVE";
+
+fn privilege_error(e: mysql_async::Error, what: &str, grant: &str) -> SourceError {
     match e {
         mysql_async::Error::Server(s) if matches!(s.code, 1227 | 1142 | 1044) => SourceError::Privilege(format!(
-            "{what} was refused ({}); GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO the indexer's user",
-            s.message
+            "{what} was refused ({}): the indexer's user lacks {grant}; GRANT {} ON *.* TO it (README: Security)",
+            s.message,
+            grant.split(" (").next().unwrap_or(grant)
         )),
         other => other.into(),
     }
+}
+
+/// Fails when `SHOW GRANTS` proves the user cannot read the binlog, before anything is
+/// loaded. Privileges that may come through a role are not second-guessed (the dump itself
+/// still reports a refusal by grant name). The rows are never logged: they can hold a
+/// password hash.
+async fn check_dump_grant(conn: &mut Conn) -> Result<(), SourceError> {
+    let Ok(rows) = conn.query::<String, _>("SHOW GRANTS").await else {
+        return Ok(());
+    };
+    if !has_dump_grant(&rows) {
+        return Err(SourceError::Privilege(format!(
+            "the indexer's user lacks {DUMP_GRANT}, which reading the binary log needs: GRANT {DUMP_GRANT} ON *.* TO it (README: Security)"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `SHOW GRANTS` rows give `REPLICATION SLAVE` on `*.*` (or may, through a role).
+fn has_dump_grant(rows: &[String]) -> bool {
+    rows.iter().any(|row| {
+        let upper = row.to_ascii_uppercase();
+        let Some(privs) = upper.strip_prefix("GRANT ") else {
+            return false;
+        };
+        match privs.split_once(" ON ") {
+            Some((privs, rest)) if rest.starts_with("*.* ") => privs.split(',').map(str::trim).any(|p| {
+                matches!(
+                    p,
+                    "ALL PRIVILEGES" | "ALL" | "REPLICATION SLAVE" | "REPLICATION REPLICA"
+                )
+            }),
+            Some(_) => false,
+            None => true, // `GRANT role TO user`: the role may carry it
+        }
+    })
 }
 
 /// Checks the server's binlog settings and returns what the source needs to know.
@@ -190,8 +320,9 @@ pub async fn preflight(conn: &mut Conn) -> Result<ServerInfo, SourceError> {
             )
         })
         .await
-        .map_err(|e| privilege_error(e, "SHOW BINARY LOGS"))?;
+        .map_err(|e| privilege_error(e, "SHOW BINARY LOGS", MONITOR_GRANT))?;
     let position = current_position(conn, mariadb).await?;
+    check_dump_grant(conn).await?;
     Ok(ServerInfo {
         mariadb,
         version,
@@ -209,8 +340,8 @@ pub async fn current_position(conn: &mut Conn, mariadb: bool) -> Result<BinlogPo
         Err(mysql_async::Error::Server(e)) if e.code == 1064 => conn
             .query_first("SHOW BINARY LOG STATUS")
             .await
-            .map_err(|e| privilege_error(e, "SHOW BINARY LOG STATUS"))?,
-        Err(e) => return Err(privilege_error(e, "SHOW MASTER STATUS")),
+            .map_err(|e| privilege_error(e, "SHOW BINARY LOG STATUS", MONITOR_GRANT))?,
+        Err(e) => return Err(privilege_error(e, "SHOW MASTER STATUS", MONITOR_GRANT)),
     };
     let row = row.ok_or_else(|| {
         SourceError::Misconfigured("SHOW MASTER STATUS returned nothing: binary logging is off".into())
@@ -320,7 +451,7 @@ impl Source {
         let heartbeat = self.cfg.heartbeat();
         // A frozen server accepts TCP connections but never answers: bound the whole set-up.
         let setup = async {
-            let mut conn = connect(&self.cfg.url).await?;
+            let mut conn = connect(&Endpoint::main(&self.cfg)).await?;
             conn.query_drop(format!("SET @master_heartbeat_period = {}", heartbeat.as_nanos()))
                 .await?;
             if self.info.mariadb {
@@ -332,7 +463,7 @@ impl Source {
                 .with_pos(self.resume.pos);
             conn.get_binlog_stream(request)
                 .await
-                .map_err(|e| privilege_error(e, "the binlog dump (REPLICATION SLAVE)"))
+                .map_err(|e| privilege_error(e, "the binlog dump", DUMP_GRANT))
         };
         let mut stream = tokio::time::timeout(SETUP_TIMEOUT, setup)
             .await
@@ -658,6 +789,27 @@ fn format_mariadb_gtids(m: &BTreeMap<u32, (u32, u64)>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dump_grant_is_found_in_show_grants() {
+        let rows = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(has_dump_grant(&rows(&[
+            "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO `cdc`@`%` IDENTIFIED BY PASSWORD '*AB'"
+        ])));
+        assert!(has_dump_grant(&rows(&[
+            "GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost`"
+        ])));
+        assert!(has_dump_grant(&rows(&["GRANT `cdc_role` TO `cdc`@`%`"])));
+        assert!(!has_dump_grant(&rows(&[
+            "GRANT BINLOG MONITOR ON *.* TO `cdc`@`%`",
+            "GRANT SELECT ON `shop`.`orders` TO `cdc`@`%`",
+            "GRANT REPLICATION SLAVE ON `shop`.* TO `cdc`@`%`",
+        ])));
+        // MySQL 8.0 lists dynamic privileges on their own row.
+        assert!(has_dump_grant(&rows(&[
+            "GRANT SELECT, REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO `cdc`@`%`"
+        ])));
+    }
 
     #[test]
     fn mariadb_gtid_state_round_trips() {

@@ -26,7 +26,7 @@ pub struct Status {
 
 pub async fn gather(cfg: &Config) -> anyhow::Result<Status> {
     let store = CheckpointStore::open(&cfg.checkpoint_path())?;
-    let mut conn = source::connect(&cfg.source.url).await?;
+    let mut conn = source::connect(&source::Endpoint::main(&cfg.source)).await?;
     let info = source::preflight(&mut conn).await?;
     let checkpoint = store.current().cloned();
     let lag_bytes = checkpoint

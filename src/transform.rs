@@ -817,4 +817,82 @@ mod tests {
             Err(TransformError::Charset { charset: 999, .. })
         ));
     }
+
+    #[test]
+    fn hostile_values_and_names_never_panic_and_stay_valid_json() {
+        // GIVEN odd table and column names and hostile values of every text flavour
+        let names = ["id", "名前", "a.b", "`x`\"'", "ctl\u{1}\u{1b}", " ", "items"];
+        let table = Arc::new(TableSchema::new(
+            "db-with`tick".into(),
+            "t\"able\n".into(),
+            names.iter().map(|n| col(n)).collect(),
+            vec![0],
+        ));
+        let m = mapping("");
+        let deep = format!("{}1{}", "[".repeat(5_000), "]".repeat(5_000));
+        let cases: Vec<Vec<Value>> = vec![
+            // control characters, NUL, bidi overrides, lone surrogates are impossible in UTF-8
+            vec![
+                Value::Int(1),
+                text("\u{0}\u{7}\u{1b}[31m\r\n\t\u{202e}"),
+                Value::Text {
+                    bytes: vec![0xff, 0xe9, 0x00, 0x80],
+                    charset: 8,
+                }, // latin1: any byte
+                Value::Bytes(vec![0, 159, 146, 150, 255]),
+                Value::Text {
+                    bytes: vec![0xc3, 0x28, 0xa0, 0xa1],
+                    charset: 63,
+                }, // binary collation
+                text(&"x".repeat(5 * 1024 * 1024)), // enormous: cut to max_field_bytes
+                text(r#"{"a":"\u0000\u001b","\ud83d\ude00":1}"#),
+            ],
+            // invalid UTF-8 declared utf8mb4: an error (dead letter), not a panic
+            vec![
+                Value::Int(2),
+                Value::Text {
+                    bytes: vec![0xf0, 0x28, 0x8c, 0x28],
+                    charset: 224,
+                },
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                Value::Null,
+            ],
+            // JSON nested 5,000 deep in a JSON column
+            vec![
+                Value::Int(3),
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                text(&deep),
+            ],
+        ];
+        for (i, after) in cases.into_iter().enumerate() {
+            let change = RowChange {
+                table: table.clone(),
+                op: RowOp::Insert,
+                before: None,
+                after: Some(after),
+                version: Version(1),
+                source_ts: 0,
+            };
+            // WHEN it is transformed THEN it is a valid JSON document or a clean error
+            match m.apply(&change) {
+                Ok(ops) => {
+                    for op in ops {
+                        if let DocAction::Index(doc) = &op.action {
+                            let v: Json = serde_json::from_str(doc).unwrap_or_else(|e| panic!("case {i}: {e}"));
+                            assert!(v.is_object(), "case {i}");
+                            assert!(doc.len() < 3 * 1024 * 1024, "case {i}: {} bytes", doc.len());
+                        }
+                    }
+                }
+                Err(e) => assert!(i > 0, "case {i} must index: {e}"),
+            }
+        }
+    }
 }

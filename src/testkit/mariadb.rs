@@ -6,7 +6,8 @@
 //! (`<datadir>/mariadb-bin.*`) is ROW-based with FULL row images and FULL row metadata and
 //! contains none of the set-up statements, so it starts with what the test does. Lifecycle
 //! methods block; `restart` reuses the data directory and port. Dropping the value kills the
-//! server and removes its data directory.
+//! server and removes its data directory. [`MariaDbServer::start_with_tls`] also offers TLS
+//! with given CA, certificate and key files (plaintext stays allowed; users may `REQUIRE SSL`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,12 +40,20 @@ pub struct MariaDbServer {
     port: u16,
     datadir: PathBuf,
     paused: bool,
+    /// `(ca, cert, key)` PEM files the server offers TLS with.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 impl MariaDbServer {
     /// Initialises a fresh data directory and starts the server on a free loopback port.
     /// Blocking; fails with the tail of `error.log` if the server does not come up.
     pub fn start() -> Result<Self> {
+        Self::start_with_tls(None)
+    }
+
+    /// [`start`](Self::start), offering TLS with `(ca, cert, key)` PEM files when given
+    /// (`--ssl-ca`, `--ssl-cert`, `--ssl-key`); the server still accepts plaintext.
+    pub fn start_with_tls(tls: Option<(&Path, &Path, &Path)>) -> Result<Self> {
         let datadir = process::scratch_dir("mariadb")?;
         // From here on Drop removes the directory whatever happens.
         let mut server = Self {
@@ -52,6 +61,7 @@ impl MariaDbServer {
             port: 0,
             datadir,
             paused: false,
+            tls: tls.map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned())),
         };
         server.install()?;
         let mut attempt = 0;
@@ -257,6 +267,11 @@ impl MariaDbServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if let Some((ca, cert, key)) = &self.tls {
+            cmd.arg(format!("--ssl-ca={}", ca.display()))
+                .arg(format!("--ssl-cert={}", cert.display()))
+                .arg(format!("--ssl-key={}", key.display()));
+        }
         let log_start = self.error_log_len();
         let child = process::spawn_tied(cmd).context("spawning mariadbd")?;
         self.child = Some(child);

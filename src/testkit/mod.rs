@@ -23,6 +23,7 @@ mod mariadb;
 mod osmem;
 mod process;
 pub mod sample;
+pub mod tls;
 pub mod workload;
 
 use std::future::Future;

@@ -17,6 +17,8 @@ pub struct Indexer {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     starts: u32,
+    /// Extra environment of the indexer process (config overrides, secrets).
+    pub env: Vec<(String, String)>,
 }
 
 impl Indexer {
@@ -83,6 +85,7 @@ scan_columns = ["payload"]
             dir,
             child: None,
             starts: 0,
+            env: Vec::new(),
         })
     }
 
@@ -100,6 +103,7 @@ scan_columns = ["payload"]
         let child = Command::new(env!("CARGO_BIN_EXE_cdc-indexer"))
             .args(["run", "--config"])
             .arg(self.config_path())
+            .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

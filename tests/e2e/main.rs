@@ -3,6 +3,7 @@
 
 mod check;
 mod harness;
+mod security;
 mod sink_chaos;
 
 use std::time::Duration;
