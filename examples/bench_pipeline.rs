@@ -344,9 +344,10 @@ async fn main() -> Result<()> {
             "{changes} changes pending, endpoint throttled to 300 docs/s, RSS sampled 1/s for {throttle_secs} s"
         ),
         result: format!(
-            "RSS max {:.0} MiB in the first half, {:.0} MiB in the second (flat)",
+            "RSS max {:.0} MiB in the first half, {:.0} MiB in the second ({:+.0} MiB)",
             max_of(&samples[..half]),
-            max_of(&samples[half..])
+            max_of(&samples[half..]),
+            max_of(&samples[half..]) - max_of(&samples[..half])
         ),
         rss: format!("{hwm:.0} MiB"),
     });

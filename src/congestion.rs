@@ -5,8 +5,8 @@
 //! * every answer without pushback whose latency stays within `latency_factor` × the usual
 //!   latency raises the limit by `1/limit`, i.e. by about one per round trip at full use;
 //! * pushback (a 429 or 503, a per-item 429, a timeout or a refused connection) or an answer
-//!   slower than `latency_factor` × the usual latency halves it, at most once per usual round
-//!   trip, so one burst of rejected requests that were all in flight together counts once.
+//!   slower than `latency_factor` × the usual latency (and than 100 ms) halves it, at most once
+//!   per usual round trip, so one burst of rejected requests that were all in flight together counts once.
 //!
 //! "Usual latency" is a slow moving average of the latencies of answers without pushback, so a
 //! gradual drift (bigger documents) moves the baseline while a sudden rise (a cluster merging
@@ -58,6 +58,10 @@ pub struct Limiter {
 const WARM_UP_SAMPLES: u64 = 16;
 /// Weight of a new sample in the usual latency.
 const USUAL_WEIGHT: f64 = 0.05;
+/// Answers faster than this never count as congestion, however fast the usual answer: with
+/// small batches the usual latency is a few milliseconds, and scheduling jitter alone would
+/// otherwise halve the concurrency (and add queueing delay) for nothing.
+const CONGESTED_AT_LEAST: Duration = Duration::from_millis(100);
 
 impl Limiter {
     /// Starts at `max`: an idle cluster should not have to earn full speed first; the first
@@ -113,7 +117,9 @@ impl Limiter {
         let congested = match signal {
             Signal::Pushback => true,
             Signal::Ok(latency) => {
-                s.samples >= WARM_UP_SAMPLES && latency.as_secs_f64() > s.usual * self.latency_factor
+                s.samples >= WARM_UP_SAMPLES
+                    && latency > CONGESTED_AT_LEAST
+                    && latency.as_secs_f64() > s.usual * self.latency_factor
             }
             Signal::Neutral => false,
         };
