@@ -2,6 +2,7 @@
 //! an Elasticsearch-compatible server, compared row by row with an SQL-only oracle.
 
 mod harness;
+mod reindex;
 
 use std::time::Duration;
 
