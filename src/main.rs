@@ -71,6 +71,13 @@ enum Command {
         /// Rows per backfill chunk; default `reindex.chunk_rows`.
         #[arg(long)]
         chunk_rows: Option<u64>,
+        /// Re-snapshot only the rows matching this SQL condition, in place (no new index).
+        #[arg(long = "where", value_name = "SQL", conflicts_with_all = ["rollback", "finish", "keys"])]
+        condition: Option<String>,
+        /// Re-snapshot these document ids in place (comma-separated); ids whose row is gone
+        /// are deleted from the index.
+        #[arg(long, value_delimiter = ',', conflicts_with_all = ["rollback", "finish"])]
+        keys: Option<Vec<String>>,
     },
 }
 
@@ -221,16 +228,20 @@ async fn main() -> ExitCode {
             finish,
             rows_per_sec,
             chunk_rows,
+            condition,
+            keys,
         } => {
-            use cdc_indexer::reindex::{self, Action, Options};
+            use cdc_indexer::reindex::{self, Action, Options, Part};
             let cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             init_logging(&cfg);
-            let action = match (rollback, finish) {
-                (true, _) => Action::Rollback,
-                (_, true) => Action::Finish,
+            let action = match (rollback, finish, condition, keys) {
+                (true, ..) => Action::Rollback,
+                (_, true, ..) => Action::Finish,
+                (_, _, Some(c), _) => Action::Resnapshot(Part::Where(c)),
+                (_, _, _, Some(k)) => Action::Resnapshot(Part::Keys(k)),
                 _ => Action::Run,
             };
             use std::io::IsTerminal;

@@ -132,7 +132,7 @@ impl From<mysql_async::Error> for ReindexError {
 }
 
 /// What the command was asked to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Build the new index and swap (or resume doing so).
     Run,
@@ -140,6 +140,8 @@ pub enum Action {
     Rollback,
     /// Drop the old index now.
     Finish,
+    /// Re-snapshot part of the table into the live index.
+    Resnapshot(Part),
 }
 
 #[derive(Debug, Clone)]
@@ -153,6 +155,16 @@ pub struct Options {
     pub chunk_rows: Option<u64>,
     /// Draw a progress bar (stderr is a terminal) instead of periodic log lines.
     pub progress_bar: bool,
+}
+
+/// Re-snapshot part of a table in place (no new index, no swap).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    /// Rows matching an SQL condition, e.g. `occurred_at >= '2026-01-01'`.
+    Where(String),
+    /// Documents by `_id` (tables keyed by a single-column primary key); ids whose row no
+    /// longer exists are deleted from the index.
+    Keys(Vec<String>),
 }
 
 /// The job state, persisted after every step.
@@ -372,7 +384,8 @@ pub async fn run(cfg: &Config, opts: &Options, shutdown: watch::Receiver<bool>) 
         opts: opts.clone(),
         shutdown,
     };
-    match opts.action {
+    match &opts.action {
+        Action::Resnapshot(part) => ctx.resnapshot(part).await,
         Action::Finish => ctx.finish(job).await,
         Action::Rollback => ctx.rollback(job).await,
         Action::Run => ctx.forward(job).await,
@@ -400,6 +413,10 @@ pub async fn expire(cfg: &Config) -> Result<Vec<String>, ReindexError> {
             continue;
         }
         let Some(_lock) = lock(cfg, alias)? else { continue };
+        // A rollback may have completed between reading and locking: read the job again.
+        let Some(job) = load(&entry.path())?.filter(|j| matches!(j.phase, Phase::Swapped { .. })) else {
+            continue;
+        };
         let old = job.old_index.clone();
         drop_old(&client, &job, &entry.path()).await?;
         tracing::info!(alias, index = %old, "reindex retention over: deleted the previous index");
@@ -425,6 +442,12 @@ async fn drop_old(client: &Elasticsearch, job: &Job, path: &Path) -> Result<(), 
     let ja = job_alias(&job.alias);
     if indexes::indexes_of(client, &ja).await?.contains(&job.new_index) {
         indexes::update_aliases(client, json!([{ "remove": { "index": job.new_index, "alias": ja } }])).await?;
+    }
+    if indexes::indexes_of(client, &job.alias).await?.contains(&job.old_index) {
+        return Err(ReindexError::WrongPhase(format!(
+            "refusing to delete {}: alias `{}` points to it (was it swapped back by hand?)",
+            job.old_index, job.alias
+        )));
     }
     indexes::delete(client, &job.old_index).await?;
     forget(path)
@@ -974,6 +997,164 @@ impl Ctx<'_> {
             job.stream = at;
         }
         save(&self.path, job)
+    }
+
+    /// Rewrites part of the table in the live index (see [`Part`] and the README). Every row is
+    /// written with the version of the snapshot it was read in, and a key missing from that
+    /// snapshot is deleted at that version, so a concurrent change by the indexer always wins
+    /// (as in step 3 of the module doc; `gc_deletes` is raised on the live index meanwhile).
+    async fn resnapshot(&self, part: &Part) -> Result<Summary, ReindexError> {
+        let alias = &self.table.index;
+        let [live] = indexes::indexes_of(&self.client, alias)
+            .await?
+            .try_into()
+            .map_err(|v: Vec<String>| match v.len() {
+                0 => ReindexError::NoAlias(alias.clone()),
+                _ => ReindexError::WrongPhase(format!(
+                    "alias `{alias}` points to several indexes ({}); finish that reindex first",
+                    v.join(", ")
+                )),
+            })?;
+        let chunk_rows = self.opts.chunk_rows.unwrap_or(self.cfg.reindex.chunk_rows).max(1);
+        let rate = self.opts.rows_per_sec.unwrap_or(self.cfg.reindex.rows_per_sec);
+        let tokenizer = match crate::transform::needs_tokenizer(std::slice::from_ref(&self.table)) {
+            true => Some(Arc::new(
+                crate::tokenize::Tokenizer::load(self.cfg.search.user_dict.as_deref()).map_err(PipelineError::from)?,
+            )),
+            false => None,
+        };
+        let mapping = Mapping::new(&self.table, self.cfg.source.offset(), tokenizer.as_ref());
+        if let Part::Keys(_) = part {
+            if !(self.table.id_columns.is_empty() || self.table.id_columns.len() == 1) {
+                return Err(ReindexError::WrongPhase(
+                    "--keys needs documents keyed by one column; use --where for this table".into(),
+                ));
+            }
+        }
+        let gc_before = indexes::gc_deletes(&self.client, &live).await?;
+        indexes::put_settings(
+            &self.client,
+            &live,
+            json!({ "index": { "gc_deletes": self.cfg.reindex.gc_deletes } }),
+        )
+        .await?;
+        let result = self.resnapshot_rows(part, &mapping, chunk_rows, rate).await;
+        indexes::put_settings(&self.client, &live, json!({ "index": { "gc_deletes": gc_before } })).await?;
+        let (rows, deleted) = result?;
+        Ok(Summary(format!(
+            "re-snapshotted {rows} row(s) into {live} through `{alias}`; deleted {deleted} document(s) whose row is gone"
+        )))
+    }
+
+    async fn resnapshot_rows(
+        &self,
+        part: &Part,
+        mapping: &Mapping,
+        chunk_rows: u64,
+        rate: u64,
+    ) -> Result<(u64, u64), ReindexError> {
+        let mut conn = source::connect(&self.cfg.source.url).await?;
+        let mariadb = is_mariadb(&mut conn).await?;
+        let tables = snapshot::tracked_tables(&mut conn, &|n| mapping.matches(n)).await?;
+        let dead = DeadLetters::open(&self.cfg.dead_letter_path()).map_err(|source| PipelineError::DeadLetter {
+            path: self.cfg.dead_letter_path().display().to_string(),
+            source,
+        })?;
+        let shared = Shared::new(dead);
+        let mut tasks: JoinSet<Result<(), PipelineError>> = JoinSet::new();
+        let sink = Sink::start(self.client.clone(), &self.cfg.sink, shared.clone(), &mut tasks);
+        let started = Instant::now();
+        let (mut rows, mut deleted) = (0u64, 0u64);
+        let throttle = |rows: u64| async move {
+            if rate > 0 {
+                let due = started + Duration::from_secs_f64(rows as f64 / rate as f64);
+                tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+            }
+        };
+        match part {
+            Part::Where(condition) => {
+                for (db, table) in &tables {
+                    let mut reader = ChunkReader::open(&mut conn, db, table, chunk_rows, Some(condition)).await?;
+                    let mut after: Option<Vec<mysql_async::Value>> = None;
+                    loop {
+                        if self.stopping() {
+                            return Err(ReindexError::Interrupted);
+                        }
+                        let at = snapshot::begin_snapshot(&mut conn, mariadb).await?;
+                        let version = Version::at(&at).map_err(SourceError::from)?;
+                        let chunk = reader.read(&mut conn, after.as_deref(), version).await?;
+                        conn.query_drop("COMMIT").await?;
+                        for change in &chunk.changes {
+                            submit(mapping, &sink, change).await?;
+                        }
+                        rows += chunk.changes.len() as u64;
+                        throttle(rows).await;
+                        if (chunk.changes.len() as u64) < chunk_rows {
+                            break;
+                        }
+                        after = chunk.last_key;
+                    }
+                }
+            }
+            Part::Keys(keys) => {
+                for group in keys.chunks(chunk_rows as usize) {
+                    if self.stopping() {
+                        return Err(ReindexError::Interrupted);
+                    }
+                    let mut readers = Vec::new();
+                    for (db, table) in &tables {
+                        let probe = ChunkReader::open(&mut conn, db, table, 1, None).await?;
+                        let [key] = probe.key_columns() else {
+                            return Err(ReindexError::WrongPhase(format!(
+                                "--keys needs a single-column primary key; {db}.{table} has {}: use --where",
+                                probe.key_columns().join(", ")
+                            )));
+                        };
+                        let list = group
+                            .iter()
+                            .map(|k| mysql_async::Value::from(k.as_str()).as_sql(false))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        let condition = format!("`{}` IN ({list})", key.replace('`', "``"));
+                        readers
+                            .push(ChunkReader::open(&mut conn, db, table, group.len() as u64, Some(&condition)).await?);
+                    }
+                    // One snapshot for all tables: a key found in none of them is gone.
+                    let at = snapshot::begin_snapshot(&mut conn, mariadb).await?;
+                    let version = Version::at(&at).map_err(SourceError::from)?;
+                    let mut found = std::collections::HashSet::new();
+                    for reader in &mut readers {
+                        let chunk = reader.read(&mut conn, None, version).await?;
+                        for change in &chunk.changes {
+                            if let Ok(id) = mapping.doc_id(&change.table, change.after.as_deref().unwrap_or_default()) {
+                                found.insert(id);
+                            }
+                            submit(mapping, &sink, change).await?;
+                        }
+                        rows += chunk.changes.len() as u64;
+                    }
+                    conn.query_drop("COMMIT").await?;
+                    for id in group.iter().filter(|k| !found.contains(*k)) {
+                        sink.submit(crate::change::DocOp {
+                            index: mapping.index.clone(),
+                            id: id.clone(),
+                            version,
+                            action: crate::change::DocAction::Delete,
+                            table: Arc::from(self.table.source.as_str()),
+                            op: RowOp::Delete,
+                        })
+                        .await?;
+                        deleted += 1;
+                    }
+                    throttle(rows).await;
+                }
+            }
+        }
+        drop(sink);
+        while let Some(r) = tasks.join_next().await {
+            r.map_err(|e| PipelineError::Task(e.to_string()))??;
+        }
+        Ok((rows, deleted))
     }
 
     async fn rollback(&self, job: Option<Job>) -> Result<Summary, ReindexError> {

@@ -404,6 +404,7 @@ pub async fn tracked_tables(
 pub struct ChunkReader {
     db: String,
     table: String,
+    keys: Vec<String>,
     key_pos: Vec<usize>,
     first: String,
     next: String,
@@ -455,6 +456,7 @@ impl ChunkReader {
         Ok(ChunkReader {
             db: db.into(),
             table: table.into(),
+            keys,
             key_pos,
             first: format!("SELECT {select} FROM {from} WHERE {cond} ORDER BY {key_list} LIMIT {chunk_rows}"),
             next: format!(
@@ -509,6 +511,11 @@ impl ChunkReader {
             });
         }
         Ok(Chunk { changes, last_key })
+    }
+
+    /// The primary key's column names, in key order.
+    pub fn key_columns(&self) -> &[String] {
+        &self.keys
     }
 
     /// Rows matching the condition, as seen by `conn`'s current transaction.

@@ -266,7 +266,7 @@ async fn wait_events_exact(
     alias: &str,
 ) -> Result<()> {
     let expected = expected_events(conn, db).await?;
-    settle(indexer, Duration::from_secs(240), || async {
+    settle(indexer, Duration::from_secs(600), || async {
         diff(alias, &expected, &es.all_docs(alias).await?)
     })
     .await
@@ -290,7 +290,7 @@ async fn reindex_under_writes_is_exact_survives_a_kill_and_rolls_back() -> Resul
     load_events(&mut conn, &db, BASE).await?;
     let mut indexer = Indexer::new(mysql.url(), es_target.url(), &db, &prefix, &reindex_section(2_000))?;
     indexer.start()?;
-    settle(&mut indexer, Duration::from_secs(300), || async {
+    settle(&mut indexer, Duration::from_secs(900), || async {
         let n = es.count(&alias).await.unwrap_or(0);
         ensure!(n == BASE, "{alias} has {n} of {BASE} documents");
         Ok(())
@@ -312,7 +312,7 @@ async fn reindex_under_writes_is_exact_survives_a_kill_and_rolls_back() -> Resul
     );
     let started = std::time::Instant::now();
     let first = ReindexRun::start(&indexer, &alias, &[], "first")?;
-    let before_kill = wait_until(Duration::from_secs(300), Duration::from_millis(100), || {
+    let before_kill = wait_until(Duration::from_secs(900), Duration::from_millis(100), || {
         let rows = job_state(&indexer, &alias)
             .and_then(|s| s["rows"].as_u64())
             .unwrap_or(0);
@@ -329,7 +329,7 @@ async fn reindex_under_writes_is_exact_survives_a_kill_and_rolls_back() -> Resul
         "the alias moved before the job finished"
     );
     let log = ReindexRun::start(&indexer, &alias, &[], "resumed")?
-        .success(Duration::from_secs(600))
+        .success(Duration::from_secs(1200))
         .await?;
     let took = started.elapsed();
     let transactions = writer.stop().await?;
@@ -356,7 +356,7 @@ async fn reindex_under_writes_is_exact_survives_a_kill_and_rolls_back() -> Resul
         next_id.clone(),
     );
     ReindexRun::start(&indexer, &alias, &["--rollback"], "rollback")?
-        .success(Duration::from_secs(300))
+        .success(Duration::from_secs(900))
         .await?;
     writer.stop().await?;
     let polls = reader.stop().await?;
@@ -410,6 +410,10 @@ async fn reindex_finish_drops_the_old_index() -> Result<()> {
         "gc_deletes not restored: {settings}"
     );
 
+    // AND the retention check keeps the old index while its retention lasts
+    let cfg = cdc_indexer::config::Config::load(&indexer.config_path(), Vec::<(String, String)>::new())?;
+    ensure!(cdc_indexer::reindex::expire(&cfg).await?.is_empty());
+
     // WHEN a second reindex starts before the first is finished, THEN it is refused
     let refused = ReindexRun::start(&indexer, &alias, &[], "refused")?;
     ensure!(refused.success(Duration::from_secs(60)).await.is_err());
@@ -434,7 +438,78 @@ async fn reindex_finish_drops_the_old_index() -> Result<()> {
         .await?;
     ensure!(es.get_alias(&alias).await? == [format!("{alias}_v3")]);
     wait_events_exact(&mut indexer, &mut conn, &es, &db, &alias).await?;
+    // AND once the retention is over, the previous index is deleted by the retention check
+    let expired = vec![("CDC_REINDEX__RETENTION_HOURS".to_string(), "0".to_string())];
+    let cfg = cdc_indexer::config::Config::load(&indexer.config_path(), expired)?;
+    ensure!(cdc_indexer::reindex::expire(&cfg).await? == [v2.clone()]);
+    let (status, _) = es.request(Method::Head, &v2, None).await?;
+    ensure!(status == 404, "{v2} still exists ({status})");
     let seen: BTreeSet<String> = es.all_docs(&alias).await?.into_keys().collect();
     ensure!(!seen.contains("1") && seen.len() == 2_990, "{} docs", seen.len());
+    Ok(())
+}
+
+/// `--where` and `--keys` re-snapshot part of a table in place: wrong, missing and orphaned
+/// documents are repaired without a new index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reindex_where_and_keys_repair_in_place() -> Result<()> {
+    // GIVEN 2,000 rows indexed by a running indexer, and an index damaged behind its back: a
+    // wrong document in and one out of the range, a missing one, and one without a row
+    let mysql = shared_mysql();
+    let es_target = shared_es();
+    let es = es_target.client()?;
+    let db = unique_name("e2e_reindex_part");
+    let prefix = format!("{db}_");
+    let alias = format!("{prefix}event_log");
+    let mut conn = mysql.root_conn().await?;
+    create_shop_schema(&mut conn, &db).await?;
+    load_events(&mut conn, &db, 2_000).await?;
+    let mut indexer = Indexer::new(mysql.url(), es_target.url(), &db, &prefix, &reindex_section(300))?;
+    indexer.start()?;
+    settle(&mut indexer, Duration::from_secs(120), || async {
+        let n = es.count(&alias).await.unwrap_or(0);
+        ensure!(n == 2_000, "{n} documents");
+        Ok(())
+    })
+    .await?;
+    let wrong = |id: u64| {
+        serde_json::json!({"id": id, "order_id": 1, "event_type": "corrupt", "payload": {},
+            "operator_id": null, "occurred_at": "2020-01-01T00:00:00.000+08:00"})
+    };
+    es.put_doc(&alias, "5", &wrong(5)).await?;
+    es.put_doc(&alias, "1500", &wrong(1500)).await?;
+    es.put_doc(&alias, "999999", &wrong(999_999)).await?;
+    let (status, _) = es.request(Method::Delete, &format!("{alias}/_doc/7"), None).await?;
+    ensure!(status == 200, "delete of doc 7: {status}");
+
+    // WHEN rows with id <= 10 are re-snapshotted
+    ReindexRun::start(&indexer, &alias, &["--where", "id <= 10"], "where")?
+        .success(Duration::from_secs(60))
+        .await?;
+
+    // THEN the range is repaired, the rest untouched
+    let expected = expected_events(&mut conn, &db).await?;
+    ensure!(
+        es.get_doc(&alias, "5").await?.as_ref() == expected.get("5"),
+        "doc 5 not repaired"
+    );
+    ensure!(
+        es.get_doc(&alias, "7").await?.as_ref() == expected.get("7"),
+        "doc 7 not restored"
+    );
+    ensure!(es.get_doc(&alias, "1500").await? == Some(wrong(1500)));
+
+    // WHEN the remaining bad ids are re-snapshotted by key
+    let out = ReindexRun::start(&indexer, &alias, &["--keys", "1500,999999"], "keys")?
+        .success(Duration::from_secs(60))
+        .await?;
+
+    // THEN the index equals the database, still in _v1, with gc_deletes back at its default
+    ensure!(out.contains("deleted 1 document"), "{out}");
+    wait_events_exact(&mut indexer, &mut conn, &es, &db, &alias).await?;
+    ensure!(es.get_alias(&alias).await? == [format!("{alias}_v1")]);
+    let v1 = format!("{alias}_v1");
+    let (_, settings) = es.request(Method::Get, &format!("{v1}/_settings"), None).await?;
+    ensure!(settings[&v1]["settings"]["index"]["gc_deletes"].is_null(), "{settings}");
     Ok(())
 }
