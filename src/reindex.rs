@@ -114,6 +114,18 @@ pub enum ReindexError {
     Pipeline(#[from] PipelineError),
 }
 
+impl ReindexError {
+    /// Whether running the step again (from the saved state) can help.
+    fn is_transient(&self) -> bool {
+        match self {
+            ReindexError::Pipeline(PipelineError::Index(e)) => e.is_transient(),
+            ReindexError::Pipeline(PipelineError::Source(e)) => e.is_transient(),
+            ReindexError::Pipeline(PipelineError::Snapshot(e)) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
 macro_rules! via_pipeline {
     ($($t:ty),*) => {$(
         impl From<$t> for ReindexError {
@@ -375,7 +387,6 @@ pub async fn run(cfg: &Config, opts: &Options, shutdown: watch::Receiver<bool>) 
     })?;
     let path = state_path(cfg, &alias);
     let client = sink::client(&cfg.sink).map_err(ReindexError::from)?;
-    let job = load(&path)?;
     let ctx = Ctx {
         cfg,
         table,
@@ -384,12 +395,19 @@ pub async fn run(cfg: &Config, opts: &Options, shutdown: watch::Receiver<bool>) 
         opts: opts.clone(),
         shutdown,
     };
-    match &opts.action {
-        Action::Resnapshot(part) => ctx.resnapshot(part).await,
-        Action::Finish => ctx.finish(job).await,
-        Action::Rollback => ctx.rollback(job).await,
-        Action::Run => ctx.forward(job).await,
-    }
+    // Every step resumes from the saved state, so a transient failure (a server unreachable or
+    // too slow to answer) simply runs the job again from there.
+    let patience = Duration::from_millis(ctx.cfg.source.reconnect_max_ms);
+    crate::retry::until_ok("reindex", patience, ReindexError::is_transient, || async {
+        let job = load(&ctx.path)?;
+        match &opts.action {
+            Action::Resnapshot(part) => ctx.resnapshot(part).await,
+            Action::Finish => ctx.finish(job).await,
+            Action::Rollback => ctx.rollback(job).await,
+            Action::Run => ctx.forward(job).await,
+        }
+    })
+    .await
 }
 
 /// Deletes the old indexes of reindexes swapped longer than `reindex.retention_hours` ago
@@ -672,6 +690,9 @@ impl Ctx<'_> {
                 );
                 sink::post_bulk(&self.client, timeout, bytes::Bytes::from(body), 1).await;
                 Err(ReindexError::NoTombstones(index.into()))
+            }
+            BulkOutcome::RetryAll { reason, .. } => {
+                Err(IndexError::Unreachable(format!("tombstone probe on {index}: {reason}")).into())
             }
             other => Err(SinkError::Fatal(format!("tombstone probe on {index} failed: {other:?}")).into()),
         }
