@@ -111,16 +111,25 @@ pub enum ReindexError {
     #[error("interrupted; run the same command again to resume")]
     Interrupted,
     #[error(transparent)]
-    Pipeline(#[from] PipelineError),
+    Pipeline(Box<PipelineError>),
+}
+
+impl From<PipelineError> for ReindexError {
+    fn from(e: PipelineError) -> Self {
+        ReindexError::Pipeline(Box::new(e))
+    }
 }
 
 impl ReindexError {
     /// Whether running the step again (from the saved state) can help.
     fn is_transient(&self) -> bool {
-        match self {
-            ReindexError::Pipeline(PipelineError::Index(e)) => e.is_transient(),
-            ReindexError::Pipeline(PipelineError::Source(e)) => e.is_transient(),
-            ReindexError::Pipeline(PipelineError::Snapshot(e)) => e.is_transient(),
+        let ReindexError::Pipeline(e) = self else {
+            return false;
+        };
+        match &**e {
+            PipelineError::Index(e) => e.is_transient(),
+            PipelineError::Source(e) => e.is_transient(),
+            PipelineError::Snapshot(e) => e.is_transient(),
             _ => false,
         }
     }
@@ -130,7 +139,7 @@ macro_rules! via_pipeline {
     ($($t:ty),*) => {$(
         impl From<$t> for ReindexError {
             fn from(e: $t) -> Self {
-                ReindexError::Pipeline(e.into())
+                PipelineError::from(e).into()
             }
         }
     )*};

@@ -428,7 +428,7 @@ async fn reindex_finish_drops_the_old_index() -> Result<()> {
     let (status, _) = es.request(Method::Head, &format!("{alias}_v1"), None).await?;
     ensure!(status == 404, "{alias}_v1 still exists ({status})");
     ensure!(es.get_alias(&format!("{alias}_reindex")).await?.is_empty());
-    ensure!(es.get_alias(&alias).await? == [v2.clone()]);
+    ensure!(es.get_alias(&alias).await? == std::slice::from_ref(&v2));
 
     // AND a later change still reaches the index through the alias, and a new reindex makes _v3
     conn.query_drop(format!("DELETE FROM `{db}`.event_log WHERE id <= 10"))
@@ -441,7 +441,7 @@ async fn reindex_finish_drops_the_old_index() -> Result<()> {
     // AND once the retention is over, the previous index is deleted by the retention check
     let expired = vec![("CDC_REINDEX__RETENTION_HOURS".to_string(), "0".to_string())];
     let cfg = cdc_indexer::config::Config::load(&indexer.config_path(), expired)?;
-    ensure!(cdc_indexer::reindex::expire(&cfg).await? == [v2.clone()]);
+    ensure!(cdc_indexer::reindex::expire(&cfg).await? == std::slice::from_ref(&v2));
     let (status, _) = es.request(Method::Head, &v2, None).await?;
     ensure!(status == 404, "{v2} still exists ({status})");
     let seen: BTreeSet<String> = es.all_docs(&alias).await?.into_keys().collect();
