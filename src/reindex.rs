@@ -63,6 +63,16 @@
 //! the alias swaps back, and the stream runs until the binlog end P2 recorded right after that
 //! swap. The new index is then deleted.
 //!
+//! `--where` / `--keys` re-snapshot part of a table in place (see [`Part`]): no new index and no
+//! stream, because the running indexer applies every concurrent change to the live index. The
+//! argument of step 3 carries over unchanged (the raised `gc_deletes` now protects the
+//! indexer's deletes), and a key missing from a chunk's snapshot is deleted at that snapshot's
+//! version, which a later insert of that key outranks.
+//!
+//! Errors: a transient failure (a server unreachable or too slow to answer) reruns the current
+//! step from the saved state after a backoff; anything else stops the job with a message, and
+//! running the command again resumes it.
+//!
 //! The job's stream uses `reindex.server_id` (default `source.server_id + 1`) so the server
 //! does not confuse it with the indexer's. Waiting for "caught up" means the stream has
 //! acknowledged a transaction boundary at or after the binlog end; on a source that has been
