@@ -1467,6 +1467,13 @@ impl JobStream {
     }
 }
 
+impl Drop for JobStream {
+    fn drop(&mut self) {
+        // Dropping the JoinSet aborts the stages; the committer is a detached task.
+        self.committer.abort();
+    }
+}
+
 /// Resolves when a stage of the stream fails (or ends unexpectedly), with the error.
 async fn failed(tasks: &mut JoinSet<Result<(), PipelineError>>) -> ReindexError {
     match tasks.join_next().await {

@@ -120,7 +120,7 @@ impl Writer {
                 }
                 conn.query_drop("COMMIT").await?;
                 t.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(rng.gen_range(2..12))).await;
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(10..50))).await;
             }
             Ok(())
         });
@@ -181,7 +181,7 @@ impl Reader {
                     }
                 }
                 n.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
             }
         });
         Reader {
@@ -314,7 +314,9 @@ async fn reindex_under_writes_is_exact_survives_a_kill_and_rolls_back() -> Resul
         next_id.clone(),
     );
     let started = std::time::Instant::now();
-    let first = ReindexRun::start(&indexer, &alias, &[], "first")?;
+    // (throttled: the backfill must not starve the live indexer of the stand-in's one core)
+    let throttle = ["--rows-per-sec", "1500"];
+    let first = ReindexRun::start(&indexer, &alias, &throttle, "first")?;
     let before_kill = wait_until(Duration::from_secs(900), Duration::from_millis(100), || {
         let rows = job_state(&indexer, &alias)
             .and_then(|s| s["rows"].as_u64())
@@ -331,7 +333,7 @@ async fn reindex_under_writes_is_exact_survives_a_kill_and_rolls_back() -> Resul
         es.get_alias(&alias).await? == [format!("{alias}_v1")],
         "the alias moved before the job finished"
     );
-    let log = ReindexRun::start(&indexer, &alias, &[], "resumed")?
+    let log = ReindexRun::start(&indexer, &alias, &throttle, "resumed")?
         .success(Duration::from_secs(1200))
         .await?;
     let took = started.elapsed();
