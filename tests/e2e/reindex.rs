@@ -16,8 +16,14 @@ use rand::{Rng, SeedableRng};
 
 use crate::harness::{diff, expected_events, settle, Indexer};
 
-/// Rows that exist before the reindex starts.
-const BASE: u64 = 100_000;
+/// Rows that exist before the reindex starts: 100,000, or `CDC_REINDEX_TEST_ROWS` (at least
+/// 10,000) on a machine too slow for that.
+fn base() -> u64 {
+    std::env::var("CDC_REINDEX_TEST_ROWS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .map_or(100_000, |n: u64| n.max(10_000))
+}
 
 /// A `[reindex]` section with a replica id no other test's indexer uses.
 fn reindex_section(chunk_rows: u64) -> String {
@@ -72,7 +78,7 @@ impl Writer {
             while !s.load(Ordering::Relaxed) {
                 let roll = rng.gen_range(0..100);
                 let mut sql = Vec::new();
-                let base_id = rng.gen_range(1..=BASE);
+                let base_id = rng.gen_range(1..=base());
                 if roll < 35 {
                     for _ in 0..rng.gen_range(1..=3) {
                         let id = next_id.fetch_add(1, Ordering::Relaxed);
@@ -156,10 +162,10 @@ impl Reader {
         let handle = tokio::spawn(async move {
             while !s.load(Ordering::Relaxed) {
                 let count = es.request(Method::Get, &format!("{alias}/_count"), None).await;
-                let floor = BASE - base_deleted.load(Ordering::SeqCst);
+                let floor = base() - base_deleted.load(Ordering::SeqCst);
                 // A cheap query: the stand-in scores matches one by one, so a broad one would
                 // slow down every other request.
-                let id = n.load(Ordering::Relaxed) % BASE + 1;
+                let id = n.load(Ordering::Relaxed) % base() + 1;
                 let search = es
                     .request(
                         Method::Post,
@@ -290,12 +296,12 @@ async fn reindex_under_writes_is_exact_survives_a_kill_and_rolls_back() -> Resul
     let alias = format!("{prefix}event_log");
     let mut conn = mysql.root_conn().await?;
     create_shop_schema(&mut conn, &db).await?;
-    load_events(&mut conn, &db, BASE).await?;
+    load_events(&mut conn, &db, base()).await?;
     let mut indexer = Indexer::new(mysql.url(), es_target.url(), &db, &prefix, &reindex_section(2_000))?;
     indexer.start()?;
     settle(&mut indexer, Duration::from_secs(900), || async {
         let n = es.count(&alias).await.unwrap_or(0);
-        ensure!(n == BASE, "{alias} has {n} of {BASE} documents");
+        ensure!(n == base(), "{alias} has {n} of {} documents", base());
         Ok(())
     })
     .await?;
@@ -322,7 +328,7 @@ async fn reindex_under_writes_is_exact_survives_a_kill_and_rolls_back() -> Resul
             .and_then(|s| s["rows"].as_u64())
             .unwrap_or(0);
         async move {
-            ensure!(rows >= 30_000, "{rows} rows backfilled");
+            ensure!(rows >= base() * 3 / 10, "{rows} rows backfilled");
             Ok(rows)
         }
     })
@@ -343,12 +349,13 @@ async fn reindex_under_writes_is_exact_survives_a_kill_and_rolls_back() -> Resul
     ensure!(log.contains("resuming the reindex"), "no resume in:\n{log}");
     let state = job_state(&indexer, &alias).context("no job state after the swap")?;
     ensure!(state["phase"]["name"] == "swapped", "{state}");
-    ensure!(before_kill < BASE, "killed only after the backfill ended");
+    ensure!(before_kill < base(), "killed only after the backfill ended");
     // AND the alias points to the new index, which equals the database row by row
     ensure!(es.get_alias(&alias).await? == [format!("{alias}_v2")]);
     wait_events_exact(&mut indexer, &mut conn, &es, &db, &alias).await?;
     eprintln!(
-        "reindex of {BASE} rows with {transactions} concurrent transactions took {:.1}s (killed at {before_kill} rows)",
+        "reindex of {} rows with {transactions} concurrent transactions took {:.1}s (killed at {before_kill} rows)",
+        base(),
         took.as_secs_f64()
     );
 
