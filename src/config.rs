@@ -58,6 +58,9 @@ pub struct Config {
     /// The transform stage between source and sink.
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    /// `cdc-indexer reindex`: backfill chunking, throttle and how long the old index is kept.
+    #[serde(default)]
+    pub reindex: ReindexConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -481,6 +484,70 @@ impl Default for CheckConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReindexConfig {
+    /// Rows per primary-key chunk of the backfill (each chunk is one short consistent snapshot).
+    #[serde(default = "defaults::reindex_chunk_rows")]
+    pub chunk_rows: u64,
+    /// Backfill rate limit in rows per second, to protect the primary; 0 means unlimited.
+    #[serde(default)]
+    pub rows_per_sec: u64,
+    /// `index.gc_deletes` while the reindex job writes an index (an Elasticsearch time value such
+    /// as `6h`): delete tombstones must outlive the job's slowest write of an older version.
+    #[serde(default = "defaults::reindex_gc_deletes")]
+    pub gc_deletes: String,
+    /// Hours the previous index is kept for `reindex --rollback` after the swap; a running
+    /// indexer deletes it afterwards (as `reindex --finish` does at once).
+    #[serde(default = "defaults::reindex_retention_hours")]
+    pub retention_hours: u64,
+    /// Replica server id of the reindex job's own binlog stream; 0 means `source.server_id + 1`.
+    #[serde(default)]
+    pub server_id: u32,
+}
+
+impl Default for ReindexConfig {
+    fn default() -> Self {
+        ReindexConfig {
+            chunk_rows: defaults::reindex_chunk_rows(),
+            rows_per_sec: 0,
+            gc_deletes: defaults::reindex_gc_deletes(),
+            retention_hours: defaults::reindex_retention_hours(),
+            server_id: 0,
+        }
+    }
+}
+
+impl ReindexConfig {
+    fn validate(&self, source_server_id: u32) -> Result<(), ConfigError> {
+        if !(1..=100_000).contains(&self.chunk_rows) {
+            return Err(invalid("reindex.chunk_rows", "must be between 1 and 100000 rows"));
+        }
+        let time_value = Regex::new(r"^[1-9][0-9]*(ms|s|m|h|d)$").expect("regex");
+        if !time_value.is_match(&self.gc_deletes) {
+            return Err(invalid(
+                "reindex.gc_deletes",
+                "must be a positive Elasticsearch time value such as 30m, 6h or 1d",
+            ));
+        }
+        if self.server_id != 0 && self.server_id == source_server_id {
+            return Err(invalid(
+                "reindex.server_id",
+                "must differ from source.server_id (the server drops one of two replicas with the same id)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The replica id of the reindex job's binlog stream.
+    pub fn stream_server_id(&self, source_server_id: u32) -> u32 {
+        match self.server_id {
+            0 => source_server_id.wrapping_add(1).max(1),
+            id => id,
+        }
+    }
+}
+
 /// What to do with a field larger than `max_field_bytes`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -579,6 +646,15 @@ mod defaults {
     pub fn check_recheck_rounds() -> u32 {
         5
     }
+    pub fn reindex_chunk_rows() -> u64 {
+        2_000
+    }
+    pub fn reindex_gc_deletes() -> String {
+        "6h".into()
+    }
+    pub fn reindex_retention_hours() -> u64 {
+        72
+    }
     pub fn metrics_listen() -> String {
         "127.0.0.1:9187".into()
     }
@@ -636,6 +712,7 @@ impl Config {
                 "must be between 100 and 60000 milliseconds",
             ));
         }
+        self.reindex.validate(self.source.server_id)?;
         if self.source.snapshot_chunk_rows == 0 {
             return Err(invalid("source.snapshot_chunk_rows", "must be at least 1"));
         }

@@ -47,7 +47,7 @@ impl IndexError {
 /// Largest index-management answer read (aliases and index metadata are a few KiB).
 const MAX_RESPONSE: u64 = 16 * 1024 * 1024;
 
-async fn call(
+pub(crate) async fn call(
     client: &Elasticsearch,
     method: Method,
     path: &str,
@@ -165,4 +165,133 @@ pub async fn ensure(
     }
     tracing::info!(%alias, %index, "created index");
     Ok(index)
+}
+
+fn refused(what: String, status: u16, body: &serde_json::Value) -> IndexError {
+    IndexError::Refused {
+        what,
+        status,
+        body: body.to_string(),
+    }
+}
+
+/// The concrete indexes `alias` points to (none if the alias does not exist).
+pub async fn indexes_of(client: &Elasticsearch, alias: &str) -> Result<Vec<String>, IndexError> {
+    let (status, body) = call(client, Method::Get, &format!("/_alias/{alias}"), None).await?;
+    match status {
+        200 => Ok(body
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()),
+        404 => Ok(vec![]),
+        s => Err(refused(format!("GET /_alias/{alias}"), s, &body)),
+    }
+}
+
+/// Whether `index` (or an alias of that name) exists.
+pub async fn exists(client: &Elasticsearch, index: &str) -> Result<bool, IndexError> {
+    let (status, _) = call(client, Method::Head, &format!("/{index}"), None).await?;
+    Ok(status == 200)
+}
+
+/// Creates `index` from the mapping file, with `settings` merged into the file's settings and
+/// `aliases` attached in the same request.
+pub async fn create_from_mapping(
+    client: &Elasticsearch,
+    index: &str,
+    mapping: &Path,
+    settings: serde_json::Value,
+    aliases: serde_json::Value,
+) -> Result<(), IndexError> {
+    let bad = |reason: String| IndexError::Mapping {
+        path: mapping.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(mapping).map_err(|e| bad(e.to_string()))?;
+    let mut body: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let obj = body.as_object_mut().ok_or_else(|| bad("not a JSON object".into()))?;
+    let merged = obj.entry("settings").or_insert_with(|| serde_json::json!({}));
+    if let (Some(m), Some(extra)) = (merged.as_object_mut(), settings.as_object()) {
+        for (k, v) in extra {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    obj.insert("aliases".into(), aliases);
+    let (status, resp) = call(
+        client,
+        Method::Put,
+        &format!("/{index}"),
+        Some(serde_json::to_vec(&body).expect("json")),
+    )
+    .await?;
+    if status >= 300 {
+        return Err(refused(format!("creating index {index}"), status, &resp));
+    }
+    Ok(())
+}
+
+/// Applies alias `actions` in one atomic `_aliases` request.
+pub async fn update_aliases(client: &Elasticsearch, actions: serde_json::Value) -> Result<(), IndexError> {
+    let body = serde_json::json!({ "actions": actions });
+    let (status, resp) = call(
+        client,
+        Method::Post,
+        "/_aliases",
+        Some(serde_json::to_vec(&body).expect("json")),
+    )
+    .await?;
+    if status >= 300 {
+        return Err(refused(format!("POST /_aliases {body}"), status, &resp));
+    }
+    Ok(())
+}
+
+/// `index.gc_deletes` as set on the index (`None` when it is at the cluster default).
+pub async fn gc_deletes(client: &Elasticsearch, index: &str) -> Result<Option<String>, IndexError> {
+    let path = format!("/{index}/_settings");
+    let (status, body) = call(client, Method::Get, &path, None).await?;
+    if status != 200 {
+        return Err(refused(format!("GET {path}"), status, &body));
+    }
+    Ok(body[index]["settings"]["index"]["gc_deletes"]
+        .as_str()
+        .map(str::to_string))
+}
+
+/// Sets (or, with `null`, resets) dynamic index settings.
+pub async fn put_settings(client: &Elasticsearch, index: &str, settings: serde_json::Value) -> Result<(), IndexError> {
+    let path = format!("/{index}/_settings");
+    let (status, body) = call(
+        client,
+        Method::Put,
+        &path,
+        Some(serde_json::to_vec(&settings).expect("json")),
+    )
+    .await?;
+    if status >= 300 {
+        return Err(refused(format!("PUT {path} {settings}"), status, &body));
+    }
+    Ok(())
+}
+
+/// Deletes `index`; an index that is already gone is fine.
+pub async fn delete(client: &Elasticsearch, index: &str) -> Result<(), IndexError> {
+    let (status, body) = call(client, Method::Delete, &format!("/{index}"), None).await?;
+    if status >= 300 && status != 404 {
+        return Err(refused(format!("DELETE /{index}"), status, &body));
+    }
+    Ok(())
+}
+
+/// Refreshes `index` and returns its document count.
+pub async fn refreshed_count(client: &Elasticsearch, index: &str) -> Result<u64, IndexError> {
+    let (status, body) = call(client, Method::Post, &format!("/{index}/_refresh"), None).await?;
+    if status >= 300 {
+        return Err(refused(format!("POST /{index}/_refresh"), status, &body));
+    }
+    let (status, body) = call(client, Method::Get, &format!("/{index}/_count"), None).await?;
+    match body["count"].as_u64() {
+        Some(n) if status == 200 => Ok(n),
+        _ => Err(refused(format!("GET /{index}/_count"), status, &body)),
+    }
 }

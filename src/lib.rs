@@ -17,6 +17,7 @@ pub mod mask;
 pub mod metrics;
 pub mod pipeline;
 pub mod position;
+pub mod reindex;
 pub mod retry;
 pub mod schema;
 pub mod search;

@@ -80,6 +80,33 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         size: usize,
     },
+    /// Zero-downtime reindex of one table into `<alias>_v{N+1}`, then an atomic alias swap.
+    /// Run it again to resume after a crash.
+    Reindex {
+        /// The table's index alias (e.g. `orders`) or a `database.table` its mapping covers.
+        table: String,
+        #[arg(long, short, default_value = "cdc-indexer.toml")]
+        config: PathBuf,
+        /// Swap the alias back to the previous index and delete the new one.
+        #[arg(long, conflicts_with = "finish")]
+        rollback: bool,
+        /// Delete the previous index now (it is otherwise kept for `reindex.retention_hours`).
+        #[arg(long)]
+        finish: bool,
+        /// Backfill rate limit in rows per second (0 = unlimited); default `reindex.rows_per_sec`.
+        #[arg(long)]
+        rows_per_sec: Option<u64>,
+        /// Rows per backfill chunk; default `reindex.chunk_rows`.
+        #[arg(long)]
+        chunk_rows: Option<u64>,
+        /// Re-snapshot only the rows matching this SQL condition, in place (no new index).
+        #[arg(long = "where", value_name = "SQL", conflicts_with_all = ["rollback", "finish", "keys"])]
+        condition: Option<String>,
+        /// Re-snapshot these document ids in place (comma-separated); ids whose row is gone
+        /// are deleted from the index.
+        #[arg(long, value_delimiter = ',', conflicts_with_all = ["rollback", "finish"])]
+        keys: Option<Vec<String>>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -222,6 +249,55 @@ async fn main() -> ExitCode {
             }
         }
         Command::Dlq { action, config } => dlq(&config, action).await,
+        Command::Reindex {
+            table,
+            config,
+            rollback,
+            finish,
+            rows_per_sec,
+            chunk_rows,
+            condition,
+            keys,
+        } => {
+            use cdc_indexer::reindex::{self, Action, Options, Part};
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(&cfg);
+            let action = match (rollback, finish, condition, keys) {
+                (true, ..) => Action::Rollback,
+                (_, true, ..) => Action::Finish,
+                (_, _, Some(c), _) => Action::Resnapshot(Part::Where(c)),
+                (_, _, _, Some(k)) => Action::Resnapshot(Part::Keys(k)),
+                _ => Action::Run,
+            };
+            use std::io::IsTerminal;
+            let opts = Options {
+                table,
+                action,
+                rows_per_sec,
+                chunk_rows,
+                progress_bar: std::io::stderr().is_terminal(),
+            };
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("stop requested; saving the reindex state");
+                let _ = tx.send(true);
+            });
+            match reindex::run(&cfg, &opts, rx).await {
+                Ok(summary) => {
+                    println!("{}", summary.0);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reindex stopped");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Search {
             text,
             config,

@@ -84,6 +84,11 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Pip
         info.mariadb,
         shutdown.clone(),
     ))];
+    // Previous indexes of finished reindexes are deleted once their retention is over.
+    helpers.push(tokio::spawn(crate::reindex::retention_loop(
+        cfg.clone(),
+        shutdown.clone(),
+    )));
     let heartbeat = HeartbeatTable::parse(&cfg.source.heartbeat_table);
     if let Some(table) = &heartbeat {
         metrics::get().enable_heartbeat();

@@ -53,7 +53,7 @@ pub enum SnapshotError {
 }
 
 impl SnapshotError {
-    fn is_transient(&self) -> bool {
+    pub fn is_transient(&self) -> bool {
         use mysql_async::Error::{Driver, Io};
         matches!(
             self,
@@ -360,5 +360,174 @@ fn convert(v: mysql_async::Value, c: &Column) -> Value {
                 charset: c.character_set(),
             },
         },
+    }
+}
+
+/// Starts a `START TRANSACTION WITH CONSISTENT SNAPSHOT` on `conn` (UTC session, repeatable
+/// read) and returns the binlog position the snapshot corresponds to. On MariaDB this takes no
+/// lock at all; on MySQL a brief `FLUSH TABLES WITH READ LOCK` pins the position.
+pub async fn begin_snapshot(conn: &mut Conn, mariadb: bool) -> Result<BinlogPosition, SnapshotError> {
+    conn.query_drop("SET SESSION time_zone = '+00:00'").await?;
+    conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .await?;
+    if mariadb {
+        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await?;
+        let file: Option<(String, String)> = conn.query_first("SHOW STATUS LIKE 'binlog_snapshot_file'").await?;
+        let pos: Option<(String, u64)> = conn.query_first("SHOW STATUS LIKE 'binlog_snapshot_position'").await?;
+        let (Some((_, file)), Some((_, pos))) = (file, pos) else {
+            return Err(SnapshotError::Source(SourceError::Misconfigured(
+                "the server reports no binlog_snapshot_file/position; binary logging must be on".into(),
+            )));
+        };
+        Ok(BinlogPosition { file, pos, gtid: None })
+    } else {
+        conn.query_drop("FLUSH TABLES WITH READ LOCK").await?;
+        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT").await?;
+        let p = current_position(conn, false).await;
+        conn.query_drop("UNLOCK TABLES").await?;
+        Ok(BinlogPosition { gtid: None, ..p? })
+    }
+}
+
+/// The base tables accepted by `tracked`, as `(database, table)`, sorted.
+pub async fn tracked_tables(
+    conn: &mut Conn,
+    tracked: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<Vec<(String, String)>, SnapshotError> {
+    let tables: Vec<(String, String)> = conn
+        .query(
+            "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' \
+             AND table_schema NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') ORDER BY 1, 2",
+        )
+        .await?;
+    Ok(tables
+        .into_iter()
+        .filter(|(d, t)| tracked(&format!("{d}.{t}")))
+        .collect())
+}
+
+/// Reads one table in primary-key chunks (keyset pagination), optionally restricted by an SQL
+/// condition. Each [`read`](ChunkReader::read) is one query, so the caller decides which
+/// snapshot (transaction) every chunk is read in.
+pub struct ChunkReader {
+    db: String,
+    table: String,
+    keys: Vec<String>,
+    key_pos: Vec<usize>,
+    first: String,
+    next: String,
+    count: String,
+    schema: Option<Arc<TableSchema>>,
+}
+
+/// One chunk: rows as insert changes, and the primary key of its last row.
+pub struct Chunk {
+    pub changes: Vec<RowChange>,
+    pub last_key: Option<Vec<mysql_async::Value>>,
+}
+
+impl ChunkReader {
+    /// Prepares the chunk queries of `db.table`; `condition` is an SQL boolean expression
+    /// (trusted operator input, e.g. `created_at >= '2026-01-01'`).
+    pub async fn open(
+        conn: &mut Conn,
+        db: &str,
+        table: &str,
+        chunk_rows: u64,
+        condition: Option<&str>,
+    ) -> Result<Self, SnapshotError> {
+        let columns: Vec<String> = conn
+            .exec(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+                (db, table),
+            )
+            .await?;
+        let keys: Vec<String> = conn
+            .exec(
+                "SELECT column_name FROM information_schema.key_column_usage WHERE table_schema = ? AND table_name = ? \
+                 AND constraint_name = 'PRIMARY' ORDER BY ordinal_position",
+                (db, table),
+            )
+            .await?;
+        if keys.is_empty() {
+            return Err(SnapshotError::NoPrimaryKey(format!("{db}.{table}")));
+        }
+        let key_pos = keys
+            .iter()
+            .filter_map(|k| columns.iter().position(|c| c == k))
+            .collect();
+        let select = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+        let key_list = keys.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ");
+        let placeholders = vec!["?"; keys.len()].join(", ");
+        let from = format!("{}.{}", ident(db), ident(table));
+        let cond = condition.map(|c| format!("({c})")).unwrap_or_else(|| "TRUE".into());
+        Ok(ChunkReader {
+            db: db.into(),
+            table: table.into(),
+            keys,
+            key_pos,
+            first: format!("SELECT {select} FROM {from} WHERE {cond} ORDER BY {key_list} LIMIT {chunk_rows}"),
+            next: format!(
+                "SELECT {select} FROM {from} WHERE {cond} AND ({key_list}) > ({placeholders}) ORDER BY {key_list} LIMIT {chunk_rows}"
+            ),
+            count: format!("SELECT COUNT(*) FROM {from} WHERE {cond}"),
+            schema: None,
+        })
+    }
+
+    /// The rows after `after` (from the start if `None`), each an insert with `version`.
+    pub async fn read(
+        &mut self,
+        conn: &mut Conn,
+        after: Option<&[mysql_async::Value]>,
+        version: Version,
+    ) -> Result<Chunk, SnapshotError> {
+        let rows: Vec<mysql_async::Row> = match after {
+            None => conn.exec(&self.first, ()).await?,
+            Some(k) => {
+                conn.exec(&self.next, mysql_async::Params::Positional(k.to_vec()))
+                    .await?
+            }
+        };
+        let mut last_key = None;
+        let mut changes = Vec::with_capacity(rows.len());
+        for row in rows {
+            let schema = self
+                .schema
+                .get_or_insert_with(|| {
+                    Arc::new(schema_from_columns(
+                        &self.db,
+                        &self.table,
+                        row.columns_ref(),
+                        &self.key_pos,
+                    ))
+                })
+                .clone();
+            last_key = Some(
+                self.key_pos
+                    .iter()
+                    .map(|&i| row.as_ref(i).cloned().unwrap_or(mysql_async::Value::NULL))
+                    .collect(),
+            );
+            changes.push(RowChange {
+                table: schema,
+                op: RowOp::Insert,
+                before: None,
+                after: Some(row_values(row)),
+                version,
+                source_ts: now(),
+            });
+        }
+        Ok(Chunk { changes, last_key })
+    }
+
+    /// The primary key's column names, in key order.
+    pub fn key_columns(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// Rows matching the condition, as seen by `conn`'s current transaction.
+    pub async fn count(&self, conn: &mut Conn) -> Result<u64, SnapshotError> {
+        Ok(conn.query_first(&self.count).await?.unwrap_or(0))
     }
 }

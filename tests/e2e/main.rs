@@ -3,6 +3,7 @@
 
 mod check;
 mod harness;
+mod reindex;
 mod security;
 mod sink_chaos;
 
