@@ -14,3 +14,8 @@ if [ -f bench/micro.sh ]; then
   echo
 fi
 target/release/examples/bench_pipeline
+echo
+# The operator jobs (against the in-memory stand-in, which bounds them: see each script).
+bash bench/reindex.sh --rows "${BENCH_REINDEX_ROWS:-50000}"
+echo
+bash bench/check.sh --orders "${BENCH_CHECK_ORDERS:-20000}"
