@@ -202,22 +202,7 @@ async fn load_table(
     version: Version,
     tx: &tokio::sync::mpsc::Sender<SourceEvent>,
 ) -> Result<u64, SnapshotError> {
-    let columns: Vec<String> = conn
-        .exec(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
-            (db, table),
-        )
-        .await?;
-    let keys: Vec<String> = conn
-        .exec(
-            "SELECT column_name FROM information_schema.key_column_usage WHERE table_schema = ? AND table_name = ? \
-             AND constraint_name = 'PRIMARY' ORDER BY ordinal_position",
-            (db, table),
-        )
-        .await?;
-    if keys.is_empty() {
-        return Err(SnapshotError::NoPrimaryKey(format!("{db}.{table}")));
-    }
+    let (columns, keys) = columns_and_key(conn, db, table).await?;
     let key_pos: Vec<usize> = keys
         .iter()
         .filter_map(|k| columns.iter().position(|c| c == k))
@@ -409,6 +394,28 @@ pub async fn tracked_tables(
 /// Reads one table in primary-key chunks (keyset pagination), optionally restricted by an SQL
 /// condition. Each [`read`](ChunkReader::read) is one query, so the caller decides which
 /// snapshot (transaction) every chunk is read in.
+/// The columns of `db.table` in order, and its primary-key columns (which must exist: chunks
+/// are read by key).
+async fn columns_and_key(conn: &mut Conn, db: &str, table: &str) -> Result<(Vec<String>, Vec<String>), SnapshotError> {
+    let columns: Vec<String> = conn
+        .exec(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+            (db, table),
+        )
+        .await?;
+    let keys: Vec<String> = conn
+        .exec(
+            "SELECT column_name FROM information_schema.key_column_usage WHERE table_schema = ? AND table_name = ? \
+             AND constraint_name = 'PRIMARY' ORDER BY ordinal_position",
+            (db, table),
+        )
+        .await?;
+    if keys.is_empty() {
+        return Err(SnapshotError::NoPrimaryKey(format!("{db}.{table}")));
+    }
+    Ok((columns, keys))
+}
+
 pub struct ChunkReader {
     db: String,
     table: String,
@@ -436,22 +443,7 @@ impl ChunkReader {
         chunk_rows: u64,
         condition: Option<&str>,
     ) -> Result<Self, SnapshotError> {
-        let columns: Vec<String> = conn
-            .exec(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
-                (db, table),
-            )
-            .await?;
-        let keys: Vec<String> = conn
-            .exec(
-                "SELECT column_name FROM information_schema.key_column_usage WHERE table_schema = ? AND table_name = ? \
-                 AND constraint_name = 'PRIMARY' ORDER BY ordinal_position",
-                (db, table),
-            )
-            .await?;
-        if keys.is_empty() {
-            return Err(SnapshotError::NoPrimaryKey(format!("{db}.{table}")));
-        }
+        let (columns, keys) = columns_and_key(conn, db, table).await?;
         let key_pos = keys
             .iter()
             .filter_map(|k| columns.iter().position(|c| c == k))
