@@ -30,7 +30,11 @@
 //!    write a 409. Changes before S are either older than the chunk row (which then wins, and
 //!    already contains them) or, for rows not in the chunk because they were deleted before S,
 //!    deletes whose only effect is a tombstone. A row whose key moved between chunks is caught
-//!    by the stream, which has every change after P0 and every chunk was read after P0.
+//!    by the stream, which has every change after P0 and every chunk was read after P0. Each
+//!    table's backfill stops at the largest key the table had when it began (read after P0):
+//!    a row that existed at P0 either still exists then, with a key at most that large, or was
+//!    deleted or re-keyed after P0, which the stream carries; rows inserted later come through
+//!    the stream too, so a busy table's inserts cannot keep the backfill from ending.
 //! 4. When the backfill is done and the stream has caught up with the binlog end, the job
 //!    verifies counts exactly: it pauses its stream at a transaction boundary X (the index is
 //!    then frozen: nobody else writes it yet), counts the index, counts the rows in one
@@ -945,7 +949,10 @@ impl Ctx<'_> {
             if job.done_tables.contains(&name) {
                 continue;
             }
-            let mut reader = ChunkReader::open(&mut conn, db, table, chunk_rows, None).await?;
+            // Rows inserted from here on reach the new index through the job's stream (started
+            // at P0, before this bound is read): the backfill need not, and must not, chase them.
+            let bound = snapshot::keys_up_to_current_max(&mut conn, db, table).await?;
+            let mut reader = ChunkReader::open(&mut conn, db, table, chunk_rows, Some(&bound)).await?;
             let mut after: Option<Vec<mysql_async::Value>> = match &job.cursor {
                 Some(c) if c.table == name => Some(
                     c.last_key

@@ -416,6 +416,41 @@ async fn columns_and_key(conn: &mut Conn, db: &str, table: &str) -> Result<(Vec<
     Ok((columns, keys))
 }
 
+/// An SQL condition that keeps `db.table` to the keys at or below its largest key now (`FALSE`
+/// when it is empty), for a [`ChunkReader`] that must not chase rows inserted while it reads.
+/// A caller whose binlog stream already started before this call loses nothing by it: every
+/// row that existed when the stream started either still exists now (so its key is at most the
+/// largest key now) or was deleted or re-keyed later, which the stream carries.
+pub async fn keys_up_to_current_max(conn: &mut Conn, db: &str, table: &str) -> Result<String, SnapshotError> {
+    let (_, keys) = columns_and_key(conn, db, table).await?;
+    let key_list = keys.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ");
+    let descending = keys
+        .iter()
+        .map(|k| format!("{} DESC", ident(k)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let last: Option<mysql_async::Row> = conn
+        .query_first(format!(
+            "SELECT {key_list} FROM {}.{} ORDER BY {descending} LIMIT 1",
+            ident(db),
+            ident(table)
+        ))
+        .await?;
+    let Some(last) = last else {
+        return Ok("FALSE".into());
+    };
+    // Literals must be written the way the session's sql_mode reads them.
+    let mode: Option<String> = conn.query_first("SELECT @@SESSION.sql_mode").await?;
+    let no_backslash_escapes = mode.is_some_and(|m| m.contains("NO_BACKSLASH_ESCAPES"));
+    let values = last
+        .unwrap()
+        .iter()
+        .map(|v| v.as_sql(no_backslash_escapes))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(format!("({key_list}) <= ({values})"))
+}
+
 pub struct ChunkReader {
     db: String,
     table: String,
