@@ -202,55 +202,22 @@ async fn load_table(
     version: Version,
     tx: &tokio::sync::mpsc::Sender<SourceEvent>,
 ) -> Result<u64, SnapshotError> {
-    let (columns, keys) = columns_and_key(conn, db, table).await?;
-    let key_pos: Vec<usize> = keys
-        .iter()
-        .filter_map(|k| columns.iter().position(|c| c == k))
-        .collect();
-    let select = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
-    let key_list = keys.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ");
-    let placeholders = vec!["?"; keys.len()].join(", ");
-    let from = format!("{}.{}", ident(db), ident(table));
-    let first = format!("SELECT {select} FROM {from} ORDER BY {key_list} LIMIT {chunk_rows}");
-    let next = format!(
-        "SELECT {select} FROM {from} WHERE ({key_list}) > ({placeholders}) ORDER BY {key_list} LIMIT {chunk_rows}"
-    );
-
-    let mut schema: Option<Arc<TableSchema>> = None;
-    let mut last_key: Option<Vec<mysql_async::Value>> = None;
+    let mut reader = ChunkReader::open(conn, db, table, chunk_rows, None).await?;
+    let mut after: Option<Vec<mysql_async::Value>> = None;
     let mut total = 0u64;
     loop {
-        let rows: Vec<mysql_async::Row> = match &last_key {
-            None => conn.exec(&first, ()).await?,
-            Some(k) => conn.exec(&next, mysql_async::Params::Positional(k.clone())).await?,
-        };
-        let n = rows.len() as u64;
-        for row in rows {
-            let schema = schema
-                .get_or_insert_with(|| Arc::new(schema_from_columns(db, table, row.columns_ref(), &key_pos)))
-                .clone();
-            last_key = Some(
-                key_pos
-                    .iter()
-                    .map(|&i| row.as_ref(i).cloned().unwrap_or(mysql_async::Value::NULL))
-                    .collect(),
-            );
-            let values = row_values(row);
-            tx.send(SourceEvent::Change(RowChange {
-                table: schema,
-                op: RowOp::Insert,
-                before: None,
-                after: Some(values),
-                version,
-                source_ts: now(),
-            }))
-            .await
-            .map_err(|_| SnapshotError::Closed)?;
+        let chunk = reader.read(conn, after.as_deref(), version).await?;
+        let n = chunk.changes.len() as u64;
+        for change in chunk.changes {
+            tx.send(SourceEvent::Change(change))
+                .await
+                .map_err(|_| SnapshotError::Closed)?;
         }
         total += n;
         if n < chunk_rows {
             return Ok(total);
         }
+        after = chunk.last_key;
     }
 }
 
