@@ -132,37 +132,16 @@ pub async fn ensure(
             checkpoint: cp.display().to_string(),
         });
     }
-    let text = std::fs::read_to_string(mapping).map_err(|e| IndexError::Mapping {
-        path: mapping.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    let mut body: serde_json::Value = serde_json::from_str(&text).map_err(|e| IndexError::Mapping {
-        path: mapping.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    let obj = body.as_object_mut().ok_or_else(|| IndexError::Mapping {
-        path: mapping.display().to_string(),
-        reason: "not a JSON object".into(),
-    })?;
-    obj.insert(
-        "aliases".into(),
-        serde_json::json!({ alias: { "is_write_index": true } }),
-    );
     let index = format!("{alias}_v1");
-    let (status, resp) = call(
+    // The alias is attached in the create request itself, so it never points at a half-made index.
+    create_from_mapping(
         client,
-        Method::Put,
-        &format!("/{index}"),
-        Some(serde_json::to_vec(&body).expect("json")),
+        &index,
+        mapping,
+        serde_json::json!({}),
+        serde_json::json!({ alias: { "is_write_index": true } }),
     )
     .await?;
-    if status >= 300 {
-        return Err(IndexError::Refused {
-            what: format!("creating index {index}"),
-            status,
-            body: resp.to_string(),
-        });
-    }
     tracing::info!(%alias, %index, "created index");
     Ok(index)
 }
