@@ -34,6 +34,10 @@ use cdc_indexer::transform::{Mapping, Router};
 use cdc_indexer::transform_pool::{self, Output};
 use mysql_async::prelude::Queryable;
 
+/// The same allocator as the `cdc-indexer` binary, so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 const TABLE_MAP: u8 = 19;
 const XID: u8 = 16;

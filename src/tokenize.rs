@@ -69,13 +69,21 @@ impl Tokenizer {
 
     /// Search-mode words of `text`, lowercased and joined by spaces (see the module doc).
     pub fn tokens(&self, text: &str) -> String {
-        join_words(self.jieba.cut_for_search(text, true).iter().map(|t| t.word))
+        let mut out = String::new();
+        self.push_tokens(text, &mut out);
+        out
+    }
+
+    /// [`Tokenizer::tokens`] appended to `out`, which must be empty or end with a separator.
+    fn push_tokens(&self, text: &str, out: &mut String) {
+        push_words(self.jieba.cut_for_search(text, true).iter().map(|t| t.word), out);
     }
 
     /// Precise-mode words of a query, lowercased: each is also a search-mode word of any
     /// document text containing the query.
     pub fn query_tokens(&self, text: &str) -> Vec<String> {
-        let joined = join_words(self.jieba.cut(text, true).iter().map(|t| t.word));
+        let mut joined = String::new();
+        push_words(self.jieba.cut(text, true).iter().map(|t| t.word), &mut joined);
         joined
             .split(' ')
             .filter(|w| !w.is_empty())
@@ -84,15 +92,16 @@ impl Tokenizer {
     }
 }
 
-fn join_words<'a>(words: impl Iterator<Item = &'a str>) -> String {
-    let mut out = String::new();
+/// Appends the searchable `words`, lowercased, to `out`, separated by single spaces.
+fn push_words<'a>(words: impl Iterator<Item = &'a str>, out: &mut String) {
+    let start = out.len();
     for w in words {
         // Only words that carry a letter, digit or ideograph are searchable.
         if !w.chars().any(char::is_alphanumeric) {
             continue;
         }
         for part in w.split_whitespace() {
-            if !out.is_empty() {
+            if out.len() > start {
                 out.push(' ');
             }
             for c in part.chars() {
@@ -107,7 +116,6 @@ fn join_words<'a>(words: impl Iterator<Item = &'a str>) -> String {
             }
         }
     }
-    out
 }
 
 /// Toneless pinyin words and their initials: `张三` → (`zhang san`, `zs`).
@@ -177,12 +185,20 @@ impl FieldTransform for TokenFields {
             } else {
                 let mut texts = Vec::new();
                 collect_strings(root, &path[1..], &mut texts);
-                let words: Vec<String> = texts
-                    .iter()
-                    .map(|t| self.tokenizer.tokens(t))
-                    .filter(|w| !w.is_empty())
-                    .collect();
-                Json::String(words.join(" "))
+                // The words of each text, joined by spaces (texts without words add nothing).
+                let mut joined = String::new();
+                for t in texts {
+                    let mark = joined.len();
+                    if mark > 0 {
+                        joined.push(' ');
+                    }
+                    let before = joined.len();
+                    self.tokenizer.push_tokens(t, &mut joined);
+                    if joined.len() == before {
+                        joined.truncate(mark);
+                    }
+                }
+                Json::String(joined)
             };
             doc.insert(out.clone(), tokens);
         }
@@ -232,7 +248,9 @@ mod tests {
     fn lowercasing_fast_paths_match_unicode_lowercase() {
         let text = "ÀÉ БΣ 张三ABC 𠮷Ⅰǅ ＡＢ İ 一龥";
         let expected: String = text.chars().flat_map(char::to_lowercase).collect();
-        assert_eq!(join_words(text.split(' ')), expected);
+        let mut joined = String::new();
+        push_words(text.split(' '), &mut joined);
+        assert_eq!(joined, expected);
     }
 
     #[test]

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use base64::Engine;
-use chrono::{FixedOffset, NaiveDate, TimeZone};
+use chrono::{Datelike, FixedOffset, NaiveDate, TimeZone, Timelike};
 use regex::Regex;
 use serde_json::{Map, Number, Value as Json};
 
@@ -25,7 +25,7 @@ use crate::config::TableMapping;
 use crate::mask::{Masker, PhoneColumns, Rules, ScanColumns};
 use crate::schema::TableSchema;
 use crate::tokenize::{PinyinFields, TokenFields, Tokenizer};
-use crate::value::Value;
+use crate::value::{push_padded, Value};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TransformError {
@@ -59,12 +59,16 @@ struct ParseJson {
 impl FieldTransform for ParseJson {
     fn apply(&self, doc: &mut Map<String, Json>) -> Result<(), TransformError> {
         for f in &self.fields {
-            if let Some(Json::String(s)) = doc.get(f) {
+            // Replaced in place: no new key, no second lookup.
+            let Some(value) = doc.get_mut(f) else {
+                continue;
+            };
+            if let Json::String(s) = value {
                 let parsed = serde_json::from_str(s).map_err(|e| TransformError::Json {
                     column: f.clone(),
                     reason: e.to_string(),
                 })?;
-                doc.insert(f.clone(), parsed);
+                *value = parsed;
             }
         }
         Ok(())
@@ -369,7 +373,11 @@ pub fn render_value(value: &Value, column: &str, zone: FixedOffset) -> Result<Js
         Value::Double(d) => number(*d),
         Value::Decimal(s) => Json::String(s.clone()),
         Value::Date { year, month, day } => match NaiveDate::from_ymd_opt(*year as i32, *month as u32, *day as u32) {
-            Some(_) => Json::String(format!("{year:04}-{month:02}-{day:02}")),
+            Some(_) => {
+                let mut s = String::with_capacity(10);
+                push_date(&mut s, u32::from(*year), u32::from(*month), u32::from(*day));
+                Json::String(s)
+            }
             None => Json::Null,
         },
         Value::DateTime {
@@ -382,11 +390,15 @@ pub fn render_value(value: &Value, column: &str, zone: FixedOffset) -> Result<Js
             micros,
             fsp,
         } => match NaiveDate::from_ymd_opt(*year as i32, *month as u32, *day as u32) {
-            Some(_) => Json::String(format!(
-                "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}{}{}",
-                fraction(*micros, *fsp),
-                offset_suffix(zone)
-            )),
+            Some(_) => {
+                let mut s = String::with_capacity(32);
+                push_date(&mut s, u32::from(*year), u32::from(*month), u32::from(*day));
+                s.push('T');
+                push_clock(&mut s, u32::from(*hour), u32::from(*minute), u32::from(*second));
+                push_fraction(&mut s, *micros, *fsp);
+                push_offset(&mut s, zone);
+                Json::String(s)
+            }
             None => Json::Null,
         },
         Value::Time {
@@ -396,22 +408,34 @@ pub fn render_value(value: &Value, column: &str, zone: FixedOffset) -> Result<Js
             seconds,
             micros,
             fsp,
-        } => Json::String(format!(
-            "{}{hours:02}:{minutes:02}:{seconds:02}{}",
-            if *negative { "-" } else { "" },
-            fraction(*micros, *fsp)
-        )),
+        } => {
+            let mut s = String::with_capacity(16);
+            if *negative {
+                s.push('-');
+            }
+            push_clock(&mut s, *hours, u32::from(*minutes), u32::from(*seconds));
+            push_fraction(&mut s, *micros, *fsp);
+            Json::String(s)
+        }
         Value::Timestamp { seconds, micros, fsp } => {
             if *seconds == 0 && *micros == 0 {
                 Json::Null
             } else {
                 match zone.timestamp_opt(*seconds, 0).single() {
-                    Some(t) => Json::String(format!(
-                        "{}{}{}",
-                        t.format("%Y-%m-%dT%H:%M:%S"),
-                        fraction(*micros, *fsp),
-                        offset_suffix(zone)
-                    )),
+                    Some(t) => {
+                        let mut s = String::with_capacity(32);
+                        // chrono's `%Y` signs years past 9999; those keep its formatting.
+                        if (0..=9999).contains(&t.year()) {
+                            push_date(&mut s, t.year() as u32, t.month(), t.day());
+                            s.push('T');
+                            push_clock(&mut s, t.hour(), t.minute(), t.second());
+                        } else {
+                            s = t.format("%Y-%m-%dT%H:%M:%S").to_string();
+                        }
+                        push_fraction(&mut s, *micros, *fsp);
+                        push_offset(&mut s, zone);
+                        Json::String(s)
+                    }
                     None => Json::Null,
                 }
             }
@@ -430,31 +454,44 @@ fn number(f: f64) -> Json {
     Number::from_f64(f).map(Json::Number).unwrap_or(Json::Null)
 }
 
-/// `.fff…` with `fsp` digits (none for 0), written straight into the caller's `format!`.
-fn fraction(micros: u32, fsp: u8) -> impl std::fmt::Display {
-    struct Fraction(u32, usize);
-    impl std::fmt::Display for Fraction {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            match self.1 {
-                0 => Ok(()),
-                n => write!(f, ".{:0n$}", self.0 / 10u32.pow(6 - n as u32)),
-            }
-        }
-    }
-    Fraction(micros, (fsp as usize).min(6))
+// Dates and times are written digit by digit: `format!` cost ~8% of the transform of an
+// `orders` row (issue #7). Each helper prints exactly what `{n:0w$}` formats would.
+
+/// `YYYY-MM-DD`.
+fn push_date(out: &mut String, year: u32, month: u32, day: u32) {
+    push_padded(out, year, 4);
+    out.push('-');
+    push_padded(out, month, 2);
+    out.push('-');
+    push_padded(out, day, 2);
 }
 
-/// `+08:00`, written straight into the caller's `format!`.
-fn offset_suffix(zone: FixedOffset) -> impl std::fmt::Display {
-    struct Offset(i32);
-    impl std::fmt::Display for Offset {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            let sign = if self.0 < 0 { '-' } else { '+' };
-            let secs = self.0.abs();
-            write!(f, "{sign}{:02}:{:02}", secs / 3600, (secs % 3600) / 60)
-        }
+/// `HH:MM:SS` (hours may have more digits, for TIME).
+fn push_clock(out: &mut String, hours: u32, minutes: u32, seconds: u32) {
+    push_padded(out, hours, 2);
+    out.push(':');
+    push_padded(out, minutes, 2);
+    out.push(':');
+    push_padded(out, seconds, 2);
+}
+
+/// `.fff…` with `fsp` digits (none for 0).
+fn push_fraction(out: &mut String, micros: u32, fsp: u8) {
+    let n = (fsp as usize).min(6);
+    if n > 0 {
+        out.push('.');
+        push_padded(out, micros / 10u32.pow(6 - n as u32), n);
     }
-    Offset(zone.local_minus_utc())
+}
+
+/// `+08:00`.
+fn push_offset(out: &mut String, zone: FixedOffset) {
+    let secs = zone.local_minus_utc();
+    out.push(if secs < 0 { '-' } else { '+' });
+    let secs = secs.unsigned_abs();
+    push_padded(out, secs / 3600, 2);
+    out.push(':');
+    push_padded(out, (secs % 3600) / 60, 2);
 }
 
 /// Decodes column bytes by collation id.
@@ -816,6 +853,46 @@ mod tests {
             ),
             Err(TransformError::Charset { charset: 999, .. })
         ));
+    }
+
+    proptest::proptest! {
+        // Dates and times are written digit by digit; they must print what `format!` did.
+        #[test]
+        fn dates_and_times_render_as_format_did(
+            (year, month, day) in (0u16..=10_100, 0u8..=13, 0u8..=32),
+            (hour, minute, second) in (0u8..=24, 0u8..=60, 0u8..=60),
+            (hours, micros, fsp) in (0u32..=1100, 0u32..1_000_000, 0u8..=7),
+            (negative, seconds, offset) in (proptest::bool::ANY, 1i64..=i64::from(u32::MAX), -86_399i32..=86_399),
+        ) {
+            let zone = FixedOffset::east_opt(offset).unwrap();
+            let n = usize::from(fsp.min(6));
+            let frac = if n == 0 { String::new() } else { format!(".{:0n$}", micros / 10u32.pow(6 - n as u32)) };
+            let secs = offset.abs();
+            let suffix = format!("{}{:02}:{:02}", if offset < 0 { '-' } else { '+' }, secs / 3600, (secs % 3600) / 60);
+            let valid = NaiveDate::from_ymd_opt(i32::from(year), u32::from(month), u32::from(day)).is_some();
+            let r = |v: Value| render_value(&v, "c", zone).unwrap();
+            let date = r(Value::Date { year, month, day });
+            let datetime = r(Value::DateTime { year, month, day, hour, minute, second, micros, fsp });
+            if valid {
+                proptest::prop_assert_eq!(date, Json::String(format!("{year:04}-{month:02}-{day:02}")));
+                proptest::prop_assert_eq!(
+                    datetime,
+                    Json::String(format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}{frac}{suffix}"))
+                );
+            } else {
+                proptest::prop_assert_eq!(date, Json::Null);
+                proptest::prop_assert_eq!(datetime, Json::Null);
+            }
+            proptest::prop_assert_eq!(
+                r(Value::Time { negative, hours, minutes: minute, seconds: second, micros, fsp }),
+                Json::String(format!("{}{hours:02}:{minute:02}:{second:02}{frac}", if negative { "-" } else { "" }))
+            );
+            let t = zone.timestamp_opt(seconds, 0).single().unwrap();
+            proptest::prop_assert_eq!(
+                r(Value::Timestamp { seconds, micros, fsp }),
+                Json::String(format!("{}{frac}{suffix}", t.format("%Y-%m-%dT%H:%M:%S")))
+            );
+        }
     }
 
     #[test]

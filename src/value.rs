@@ -72,3 +72,22 @@ pub enum Value {
     /// JSON (MySQL binary JSON decoded; MariaDB's LONGTEXT JSON parsed by the transform).
     Json(serde_json::Value),
 }
+
+/// Appends `n` in decimal, zero-padded to at least `width` digits: what `{n:0width$}` prints,
+/// without `fmt` (dates and DECIMALs are rendered this way for every row on the hot path).
+pub(crate) fn push_padded(out: &mut String, mut n: u32, width: usize) {
+    let mut digits = [0u8; 10];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        n /= 10;
+        len += 1;
+        if n == 0 {
+            break;
+        }
+    }
+    for _ in len..width {
+        out.push('0');
+    }
+    out.extend(digits[..len].iter().rev().map(|&d| char::from(d)));
+}
