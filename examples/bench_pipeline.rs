@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -234,15 +235,18 @@ async fn write_backlog(conn: &mut mysql_async::Conn, db: &str, orders: usize, se
 
 /// Starts the indexer from the saved pre-backlog checkpoint and waits until it has checkpointed
 /// `end`. Returns (seconds, peak RSS MiB).
-async fn drain(indexer: &mut Indexer, end: &(String, u64)) -> Result<(f64, f64)> {
+async fn drain(indexer: &mut Indexer, end: &(String, u64)) -> Result<Drained> {
     indexer.restore_state("state-before-backlog")?;
     let started = Instant::now();
+    let machine_before = machine_cpu_secs();
     let pid = indexer.start()?;
     let mut peak = 0.0f64;
+    let mut cpu = 0.0f64;
     loop {
         if let Some((_, hwm)) = rss_mib(pid) {
             peak = peak.max(hwm);
         }
+        cpu = process_cpu_secs(pid).unwrap_or(cpu);
         if reached(&indexer.checkpoint(), end) {
             break;
         }
@@ -255,8 +259,72 @@ async fn drain(indexer: &mut Indexer, end: &(String, u64)) -> Result<(f64, f64)>
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let secs = started.elapsed().as_secs_f64();
+    let machine = machine_cpu_secs() - machine_before;
     indexer.stop()?;
-    Ok((secs, peak))
+    Ok(Drained {
+        secs,
+        peak_mib: peak,
+        indexer_cpu: cpu,
+        others_cpu: (machine - cpu).max(0.0),
+    })
+}
+
+/// One drained backlog: wall time, the indexer's peak RSS, and CPU seconds used by the indexer
+/// and by everything else on the machine meanwhile (MariaDB, the endpoint, this program).
+struct Drained {
+    secs: f64,
+    peak_mib: f64,
+    indexer_cpu: f64,
+    others_cpu: f64,
+}
+
+impl Drained {
+    fn cpu_note(&self, changes: u64) -> String {
+        format!(
+            "indexer {:.2} cores on average = {:.0} changes per indexer CPU-second; MariaDB, the endpoint and the bench used {:.2} cores",
+            self.indexer_cpu / self.secs,
+            changes as f64 / self.indexer_cpu.max(1e-9),
+            self.others_cpu / self.secs
+        )
+    }
+}
+
+/// Clock ticks per second of `/proc`'s CPU times.
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// User + system CPU seconds of a process (and its finished threads).
+fn process_cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks())
+}
+
+/// Busy CPU seconds of the whole machine since boot (all but idle and iowait).
+fn machine_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let v: Vec<f64> = cpu.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user)
+    let busy: f64 = v
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| x)
+        .sum();
+    busy / clock_ticks()
 }
 
 /// Waits until a first checkpoint exists (the initial load of empty tables is done).
@@ -358,20 +426,31 @@ async fn main() -> Result<()> {
         ..Faults::default()
     });
     eprintln!("bench: catch-up into the null endpoint");
-    let (secs, peak) = drain(&mut fast, &end).await?;
-    let null_rate = changes as f64 / secs;
+    let acked_before = null.stats().bulk_docs_answered_ok.load(Ordering::Relaxed);
+    let d = drain(&mut fast, &end).await?;
+    // Every row change is one bulk operation: fewer acknowledged would mean changes skipped.
+    let acked = null.stats().bulk_docs_answered_ok.load(Ordering::Relaxed) - acked_before;
+    if acked < changes {
+        bail!("the null endpoint acknowledged {acked} operations for {changes} changes");
+    }
+    let null_rate = changes as f64 / d.secs;
     rows.push(Row {
         what: "catch-up into a null bulk endpoint".into(),
         conditions: format!(
             "{changes} changes (orders + event_log: insert/update/delete), masking + jieba + pinyin on, {cores} cores, start-up included"
         ),
-        result: format!("{null_rate:.0} changes/s ({secs:.1} s)"),
-        rss: format!("{peak:.0} MiB"),
+        result: format!(
+            "{null_rate:.0} changes/s ({:.1} s, {acked} operations acknowledged); {}",
+            d.secs,
+            d.cpu_note(changes)
+        ),
+        rss: format!("{:.0} MiB", d.peak_mib),
     });
 
     // 2. Catch-up into the osmem stand-in, for reference.
     eprintln!("bench: catch-up into osmem");
-    let (secs, peak) = drain(&mut reference, &end).await?;
+    let d = drain(&mut reference, &end).await?;
+    let (secs, peak) = (d.secs, d.peak_mib);
     let ref_rate = ref_changes as f64 / secs;
     rows.push(Row {
         what: "catch-up into osmem (reference)".into(),

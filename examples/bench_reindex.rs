@@ -34,7 +34,9 @@ async fn main() -> Result<()> {
     let mut conn = mysql.root_conn().await?;
     let manifest = env!("CARGO_MANIFEST_DIR");
 
-    println!("| rows | chunk rows | seconds | rows/s | plain `_bulk` of the same docs (2,000/request), rows/s | ratio |");
+    println!(
+        "| rows | chunk rows | seconds | rows/s | plain `_bulk` of the same docs (2,000/request), rows/s | ratio |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|");
     let es = es_target.client()?;
     for (n, chunk) in chunks.iter().enumerate() {
@@ -85,8 +87,11 @@ json_columns = ["payload"]
         // of the same mapping. It is what the server alone allows.
         let docs = es.all_docs(&alias).await?;
         let plain = format!("{alias}_plain");
-        es.create_index(&plain, &serde_json::from_str(cdc_indexer::testkit::EVENT_LOG_INDEX_BODY)?)
-            .await?;
+        es.create_index(
+            &plain,
+            &serde_json::from_str(cdc_indexer::testkit::EVENT_LOG_INDEX_BODY)?,
+        )
+        .await?;
         let started = Instant::now();
         es.bulk_index(&plain, docs).await?;
         let plain_secs = started.elapsed().as_secs_f64();

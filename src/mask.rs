@@ -20,7 +20,9 @@
 //! What counts as a number: a match must not touch another ASCII digit on either side. A longer
 //! digit run (order, tracking or payment numbers) is therefore never mangled, and is also not a
 //! phone number. At most one separator (space, dash, no-break or ideographic space) may stand
-//! between two digits; full-width digits are not recognised.
+//! between two digits. Full-width digits and signs (`１３８－１２３４－５６７８`, as Chinese input
+//! methods type them) are folded to ASCII first, so they are recognised too; a string holding
+//! any of them is indexed with them folded.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
@@ -112,9 +114,29 @@ impl HashKey {
     }
 }
 
+/// `text` with full-width digits, `＋`, `－`, `（` and `）` replaced by their ASCII forms;
+/// borrowed when it has none (the usual case, found by one byte scan: each of them is encoded
+/// starting with the byte 0xEF).
+pub fn fold_width(text: &str) -> Cow<'_, str> {
+    let wide = |c: char| matches!(c, '\u{FF10}'..='\u{FF19}' | '＋' | '－' | '（' | '）');
+    if !text.as_bytes().contains(&0xEF) || !text.chars().any(wide) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| match wide(c) {
+                // The full-width block mirrors ASCII 0x21..0x7E at an offset of 0xFEE0.
+                true => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
+                false => c,
+            })
+            .collect(),
+    )
+}
+
 /// The 11 digits of `text` if the whole of it (trimmed) is one mainland mobile number in an
-/// accepted format.
+/// accepted format (full-width digits included).
 pub fn normalize_mobile(text: &str) -> Option<String> {
+    let text = fold_width(text);
     let text = text.trim();
     let m = mobile_regex().find(text)?;
     (m.start() == 0 && m.end() == text.len()).then(|| mobile_digits(m.as_str()))
@@ -198,6 +220,14 @@ impl Masker {
 
     /// `text` with every number the rules recognise masked.
     pub fn mask_text<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        match fold_width(text) {
+            Cow::Borrowed(text) => self.mask_ascii(text),
+            Cow::Owned(folded) => Cow::Owned(self.mask_ascii(&folded).into_owned()),
+        }
+    }
+
+    /// [`Masker::mask_text`] of a text without full-width digits or signs.
+    fn mask_ascii<'a>(&self, text: &'a str) -> Cow<'a, str> {
         // Every number rule needs at least 10 ASCII digits (a mobile 11, a landline 10, an ID
         // 17) and the e-mail rule an `@`: most strings (JSON keys, titles, names) have neither,
         // and skip the regexes (one scan instead of up to four searches).
@@ -299,7 +329,7 @@ impl FieldTransform for PhoneColumns {
                     ),
                     None => {
                         // Not a mobile: keep no more than the last four digits in clear.
-                        let digits: String = t.chars().filter(char::is_ascii_digit).collect();
+                        let digits: String = fold_width(&t).chars().filter(char::is_ascii_digit).collect();
                         let keep = if digits.len() >= 7 { 4 } else { 0 };
                         let masked = format!("{}{}", "*".repeat(digits.len() - keep), &digits[digits.len() - keep..]);
                         let last4 = (keep == 4).then(|| Json::String(digits[digits.len() - 4..].to_string()));
@@ -390,6 +420,9 @@ mod tests {
         // Adjacent numbers separated by punctuation are each masked.
         assert_eq!(m.mask_text("13812345678,13912345678"), "138****5678,139****5678");
         assert!(matches!(m.mask_text("没有电话"), Cow::Borrowed(_)));
+        // Full-width digits are the same numbers.
+        assert_eq!(m.mask_text("请拨１３８－１２３４－５６７８。"), "请拨138****5678。");
+        assert_eq!(m.mask_text("订单１２３"), "订单123");
     }
 
     #[test]
@@ -455,7 +488,15 @@ mod tests {
 
     /// A mainland mobile (11 digits) and one of the formats people write it in.
     fn formatted_mobile() -> impl Strategy<Value = (String, String)> {
-        ("1[3-9][0-9]{9}", 0usize..10).prop_map(|(n, style)| {
+        ("1[3-9][0-9]{9}", 0usize..12).prop_map(|(n, style)| {
+            let wide = |s: &str| -> String {
+                s.chars()
+                    .map(|c| match c {
+                        '0'..='9' | '+' | '-' | '(' | ')' => char::from_u32(c as u32 + 0xFEE0).unwrap(),
+                        c => c,
+                    })
+                    .collect()
+            };
             let (a, b, c) = (&n[..3], &n[3..7], &n[7..]);
             let s = match style {
                 0 => n.clone(),
@@ -467,7 +508,10 @@ mod tests {
                 6 => format!("{a} {b} {c}"),
                 7 => format!("(+86){n}"),
                 8 => format!("86-{a}{b}{c}"),
-                _ => format!("{a}\u{3000}{b}\u{3000}{c}"),
+                9 => format!("{a}\u{3000}{b}\u{3000}{c}"),
+                // As Chinese input methods type them.
+                10 => wide(&n),
+                _ => wide(&format!("+86 {a}-{b}-{c}")),
             };
             (n, s)
         })

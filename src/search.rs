@@ -108,6 +108,8 @@ fn parse_day(s: &str) -> Option<NaiveDate> {
 
 /// Splits customer-service input into [`Part`]s (see the module doc). Pure.
 pub fn classify(input: &str) -> Vec<Part> {
+    // Full-width digits (typed by Chinese input methods) mean the same numbers.
+    let input = &*mask::fold_width(input);
     let mut parts = Vec::new();
     // Order numbers first: their digit runs must not be read as phones or dates.
     let mut rest = String::with_capacity(input.len());
@@ -479,6 +481,10 @@ mod tests {
             classify("张三5678"),
             vec![Part::Chinese("张三".into()), Part::Last4("5678".into())]
         );
+        assert_eq!(
+            classify("张三 ５６７８"),
+            vec![Part::Chinese("张三".into()), Part::Last4("5678".into())]
+        );
     }
 
     #[test]
@@ -488,6 +494,7 @@ mod tests {
             "13812345678",
             "0086 138 1234 5678",
             "138-1234-5678",
+            "１３８１２３４５６７８",
         ] {
             assert_eq!(classify(input), vec![Part::Phone("13812345678".into())], "{input}");
         }
