@@ -13,7 +13,9 @@
 //!
 //! Run with `bash bench/run.sh` (builds release first). Sizes: `BENCH_ORDERS` (default 200000
 //! orders ≈ 1.0 M changes), `BENCH_REF_ORDERS` (default 20000), `BENCH_THROTTLE_SECS` (60),
-//! `BENCH_LATENCY_SECS` (10).
+//! `BENCH_LATENCY_SECS` (10). To see where latency goes: `BENCH_INDEXER_LOG=debug` sets the
+//! indexer's log level and `BENCH_LATENCY_DUMP=DIR` writes each row's commit offset and latency
+//! (`lat-<rate>.csv`, milliseconds) and the indexer's log to DIR.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -58,7 +60,7 @@ dir = "{state}"
 user_dict = "{dict}"
 
 [log]
-level = "warn"
+level = "{log_level}"
 
 [metrics]
 listen = ""
@@ -86,6 +88,7 @@ scan_columns = ["payload"]
             orders = root.join("mappings/orders.json").display(),
             events = root.join("mappings/event_log.json").display(),
             key = dir.join("phone.key").display(),
+            log_level = std::env::var("BENCH_INDEXER_LOG").unwrap_or_else(|_| "warn".into()),
         );
         std::fs::write(dir.join("cdc-indexer.toml"), config)?;
         Ok(Indexer {
@@ -463,10 +466,13 @@ async fn main() -> Result<()> {
     });
 
     // 4. Commit → acknowledgement latency at steady rates.
-    // The drained checkpoint is kept: the indexer starts caught up.
+    // The drained checkpoint is kept: the indexer starts caught up. A second of writes first,
+    // so that what is measured is the steady state, not the ~0.1 s the process needs to connect
+    // and start streaming (the checkpoint already matches the binlog end before it streams).
     let pid = fast.start()?;
-    wait_caught_up(&mut fast, &mut conn).await?;
     let mut next_id = 10_000_000u64;
+    steady_writer(&mut conn, 500, 1, &mut next_id).await?;
+    wait_caught_up(&mut fast, &mut conn).await?;
     for rate in [500u64, 5_000] {
         null.set(Faults {
             null_sink: true,
@@ -497,13 +503,26 @@ async fn main() -> Result<()> {
                 committed.len()
             );
         }
+        if let Ok(dir) = std::env::var("BENCH_LATENCY_DUMP") {
+            let t0 = committed.iter().map(|(_, c)| *c).min().unwrap();
+            let mut out = String::new();
+            for (id, c) in &committed {
+                let a = answered[id];
+                out.push_str(&format!(
+                    "{:.1},{:.1}\n",
+                    c.duration_since(t0).as_secs_f64() * 1e3,
+                    a.saturating_duration_since(*c).as_secs_f64() * 1e3
+                ));
+            }
+            std::fs::write(format!("{dir}/lat-{rate}.csv"), out)?;
+        }
         lat.sort_by(f64::total_cmp);
         let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
         let achieved = committed.len() as f64 / latency_secs as f64;
         rows.push(Row {
             what: format!("commit → ack latency at {rate} changes/s"),
             conditions: format!(
-                "{} single-table inserts over {latency_secs} s ({achieved:.0}/s achieved), null endpoint, default sink settings (linger_ms = 50)",
+                "{} single-table inserts over {latency_secs} s ({achieved:.0}/s achieved) after a 1 s warm-up, null endpoint, default sink settings (linger_ms = 50)",
                 committed.len()
             ),
             result: format!(
@@ -516,6 +535,9 @@ async fn main() -> Result<()> {
         });
     }
     fast.stop()?;
+    if let Ok(dir) = std::env::var("BENCH_LATENCY_DUMP") {
+        std::fs::write(format!("{dir}/indexer.log"), fast.log())?;
+    }
 
     println!("| pipeline benchmark | conditions | result | indexer peak RSS |");
     println!("|---|---|---|---|");
