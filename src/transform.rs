@@ -459,20 +459,22 @@ fn number(f: f64) -> Json {
 
 /// `YYYY-MM-DD`.
 fn push_date(out: &mut String, year: u32, month: u32, day: u32) {
-    push_padded(out, year, 4);
-    out.push('-');
-    push_padded(out, month, 2);
-    out.push('-');
-    push_padded(out, day, 2);
+    push_fields(out, [(year, 4), (month, 2), (day, 2)], '-');
 }
 
 /// `HH:MM:SS` (hours may have more digits, for TIME).
 fn push_clock(out: &mut String, hours: u32, minutes: u32, seconds: u32) {
-    push_padded(out, hours, 2);
-    out.push(':');
-    push_padded(out, minutes, 2);
-    out.push(':');
-    push_padded(out, seconds, 2);
+    push_fields(out, [(hours, 2), (minutes, 2), (seconds, 2)], ':');
+}
+
+/// Zero-padded `(value, width)` fields joined by `sep`.
+fn push_fields(out: &mut String, fields: [(u32, usize); 3], sep: char) {
+    for (i, (n, width)) in fields.into_iter().enumerate() {
+        if i > 0 {
+            out.push(sep);
+        }
+        push_padded(out, n, width);
+    }
 }
 
 /// `.fff…` with `fsp` digits (none for 0).
