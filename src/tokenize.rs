@@ -74,7 +74,7 @@ impl Tokenizer {
         out
     }
 
-    /// [`Tokenizer::tokens`] appended to `out`, which must be empty or end with a separator.
+    /// [`Tokenizer::tokens`] appended to `out`, after a space if `out` holds words already.
     fn push_tokens(&self, text: &str, out: &mut String) {
         push_words(self.jieba.cut_for_search(text, true).iter().map(|t| t.word), out);
     }
@@ -92,16 +92,16 @@ impl Tokenizer {
     }
 }
 
-/// Appends the searchable `words`, lowercased, to `out`, separated by single spaces.
+/// Appends the searchable `words`, lowercased, to `out`, separated by single spaces (and by one
+/// from what `out` holds already; nothing is added for a text without words).
 fn push_words<'a>(words: impl Iterator<Item = &'a str>, out: &mut String) {
-    let start = out.len();
     for w in words {
         // Only words that carry a letter, digit or ideograph are searchable.
         if !w.chars().any(char::is_alphanumeric) {
             continue;
         }
         for part in w.split_whitespace() {
-            if out.len() > start {
+            if !out.is_empty() {
                 out.push(' ');
             }
             for c in part.chars() {
@@ -185,18 +185,10 @@ impl FieldTransform for TokenFields {
             } else {
                 let mut texts = Vec::new();
                 collect_strings(root, &path[1..], &mut texts);
-                // The words of each text, joined by spaces (texts without words add nothing).
+                // The words of every text, joined by spaces.
                 let mut joined = String::new();
                 for t in texts {
-                    let mark = joined.len();
-                    if mark > 0 {
-                        joined.push(' ');
-                    }
-                    let before = joined.len();
                     self.tokenizer.push_tokens(t, &mut joined);
-                    if joined.len() == before {
-                        joined.truncate(mark);
-                    }
                 }
                 Json::String(joined)
             };
@@ -284,7 +276,7 @@ mod tests {
     fn token_fields_follow_paths_and_keep_originals() {
         let tf = TokenFields::new(shared(), &["address".into(), "items.title".into(), "remark".into()]);
         let mut doc = json!({"address": "文三路", "remark": null,
-            "items": [{"title": "华为 Mate"}, {"title": "小米"}]})
+            "items": [{"title": "——"}, {"title": "华为 Mate"}, {"title": "！"}, {"title": "小米"}]})
         .as_object()
         .unwrap()
         .clone();
@@ -292,6 +284,7 @@ mod tests {
         assert_eq!(doc["address"], "文三路");
         // Search mode adds the dictionary word's known sub-words.
         assert_eq!(doc["address_tokens"], "三路 文三路");
+        // Texts without words add no separator.
         assert_eq!(doc["items_title_tokens"], "华为 mate 小米");
         assert_eq!(doc["remark_tokens"], Json::Null);
     }
