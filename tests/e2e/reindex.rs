@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use cdc_indexer::testkit::sample::create_shop_schema;
-use cdc_indexer::testkit::{
-    shared_es, shared_mysql, unique_name, wait_until, EsClient, EsTarget, OsmemServer, EVENT_LOG_INDEX_BODY,
-};
+use cdc_indexer::testkit::{shared_es, shared_mysql, unique_name, wait_until, EsClient, EsTarget, OsmemServer};
 use elasticsearch::http::Method;
 use mysql_async::prelude::Queryable;
 use rand::{Rng, SeedableRng};
@@ -25,18 +23,6 @@ fn base() -> u64 {
         .ok()
         .and_then(|n| n.parse().ok())
         .map_or(100_000, |n: u64| n.max(10_000))
-}
-
-/// Creates `<alias>_v1` behind `alias` as the indexer would, but with `index.gc_deletes` raised.
-/// The in-memory stand-in prunes its version map on every write of an index with the default
-/// `gc_deletes` (measured: a 500-document bulk takes ~0.2 s on an empty index but ~3 s at
-/// 20,000 documents, and half a minute at 100,000), which starves every other request. A raised
-/// `gc_deletes` (harmless on Elasticsearch) keeps the live index as fast as the job's new one.
-async fn precreate_live_index(es: &EsClient, alias: &str) -> Result<()> {
-    let mut body: serde_json::Value = serde_json::from_str(EVENT_LOG_INDEX_BODY)?;
-    body["settings"]["index.gc_deletes"] = serde_json::json!("1h");
-    body["aliases"] = serde_json::json!({ alias: { "is_write_index": true } });
-    es.create_index(&format!("{alias}_v1"), &body).await
 }
 
 /// A `[reindex]` section with a replica id no other test's indexer uses.
@@ -337,7 +323,6 @@ async fn reindex_under_writes_is_exact_survives_a_kill_and_rolls_back() -> Resul
     let mut conn = mysql.root_conn().await?;
     create_shop_schema(&mut conn, &db).await?;
     load_events(&mut conn, &db, base()).await?;
-    precreate_live_index(&es, &alias).await?;
     let mut indexer = Indexer::new(mysql.url(), es_target.url(), &db, &prefix, &reindex_section(2_000))?;
     indexer.start()?;
     settle(&mut indexer, Duration::from_secs(900), || async {
