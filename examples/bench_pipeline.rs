@@ -237,19 +237,17 @@ async fn write_backlog(conn: &mut mysql_async::Conn, db: &str, orders: usize, se
 }
 
 /// Starts the indexer from the saved pre-backlog checkpoint and waits until it has checkpointed
-/// `end`. Returns (seconds, peak RSS MiB).
+/// `end`.
 async fn drain(indexer: &mut Indexer, end: &(String, u64)) -> Result<Drained> {
     indexer.restore_state("state-before-backlog")?;
     let started = Instant::now();
     let machine_before = machine_cpu_secs();
     let pid = indexer.start()?;
     let mut peak = 0.0f64;
-    let mut cpu = 0.0f64;
     loop {
         if let Some((_, hwm)) = rss_mib(pid) {
             peak = peak.max(hwm);
         }
-        cpu = process_cpu_secs(pid).unwrap_or(cpu);
         if reached(&indexer.checkpoint(), end) {
             break;
         }
@@ -263,6 +261,8 @@ async fn drain(indexer: &mut Indexer, end: &(String, u64)) -> Result<Drained> {
     }
     let secs = started.elapsed().as_secs_f64();
     let machine = machine_cpu_secs() - machine_before;
+    // Read while the process still exists (it has caught up, so it is idle now).
+    let cpu = process_cpu_secs(pid).context("reading the indexer's CPU time")?;
     indexer.stop()?;
     Ok(Drained {
         secs,
@@ -292,14 +292,17 @@ impl Drained {
     }
 }
 
-/// Clock ticks per second of `/proc`'s CPU times.
+/// Clock ticks per second of `/proc`'s CPU times (asked once).
 fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// User + system CPU seconds of a process (and its finished threads).
@@ -506,13 +509,9 @@ async fn main() -> Result<()> {
         if let Ok(dir) = std::env::var("BENCH_LATENCY_DUMP") {
             let t0 = committed.iter().map(|(_, c)| *c).min().unwrap();
             let mut out = String::new();
-            for (id, c) in &committed {
-                let a = answered[id];
-                out.push_str(&format!(
-                    "{:.1},{:.1}\n",
-                    c.duration_since(t0).as_secs_f64() * 1e3,
-                    a.saturating_duration_since(*c).as_secs_f64() * 1e3
-                ));
+            // `lat` is still in commit order here, one entry per committed row.
+            for ((_, c), l) in committed.iter().zip(&lat) {
+                out.push_str(&format!("{:.1},{l:.1}\n", c.duration_since(t0).as_secs_f64() * 1e3));
             }
             std::fs::write(format!("{dir}/lat-{rate}.csv"), out)?;
         }
